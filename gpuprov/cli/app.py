@@ -1,0 +1,77 @@
+"""The ``gpuprov`` command: one group per stage, and the single place errors are printed."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from gpuprov import __version__
+from gpuprov.cli import lab
+from gpuprov.cli.output import err_console
+from gpuprov.errors import GpuprovError
+
+app = typer.Typer(
+    name="gpuprov",
+    help="Take bare GPU servers to schedulable, shareable GPU capacity.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(lab.app, name="lab")
+
+# Stages that later issues build. They exist so the CLI's shape is visible, and say plainly
+# that they do nothing yet rather than print anything that looks like a result.
+_PENDING = {
+    "host": ("Inspect a host and prepare it: IOMMU on, the GPU bound to vfio-pci.", 3),
+    "vm": ("Create passthrough VMs on Proxmox VE, ESXi or libvirt.", 4),
+    "guest": ("Install the NVIDIA driver, container toolkit and fabricmanager in a guest.", None),
+    "deploy": ("Deploy the GPU remoting server and the Kubernetes device plugin.", None),
+    "driver": ("Day 2: plan and roll out driver upgrades.", None),
+}
+
+
+def _pending_group(name: str, summary: str, issue: int | None) -> None:
+    tracked = f"issue #{issue}" if issue else "a later issue"
+
+    @app.command(
+        name,
+        help=f"{summary} (not yet available: {tracked})",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )
+    def pending(ctx: typer.Context) -> None:
+        raise GpuprovError(f"`gpuprov {name}` is not yet available", f"it is tracked in {tracked}")
+
+
+for _name, (_summary, _issue) in _PENDING.items():
+    _pending_group(_name, _summary, _issue)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gpuprov {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Take bare GPU servers to schedulable, shareable GPU capacity."""
+
+
+def main() -> None:
+    try:
+        app()
+    except GpuprovError as error:
+        err_console.print(f"[bold red]error:[/] {error.message}", highlight=False)
+        if error.hint:
+            err_console.print(f"[bold]hint:[/] {error.hint}", highlight=False)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,40 @@
+"""Where the CLI writes: results on stdout, progress and errors on stderr."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def progress() -> Iterator:
+    """A ``report(subject, message)`` callback: live spinners on a terminal, lines otherwise."""
+    if not err_console.is_terminal:
+        started = time.monotonic()
+
+        def report_line(subject: str, message: str) -> None:
+            err_console.print(f"[{time.monotonic() - started:6.1f}s] {subject}: {message}",
+                              highlight=False, soft_wrap=True)
+
+        yield report_line
+        return
+    tasks: dict[str, int] = {}
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.fields[subject]}"),
+               TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=False) as bar:
+
+        def report_live(subject: str, message: str) -> None:
+            if subject not in tasks:
+                tasks[subject] = bar.add_task(message, subject=subject, total=None)
+            done = message.startswith(("up", "ready", "already", "failed"))
+            bar.update(tasks[subject], description=message,
+                       **({"total": 1, "completed": 1} if done else {}))
+
+        yield report_live

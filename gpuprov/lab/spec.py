@@ -1,0 +1,253 @@
+"""What a lab host is, as data: its name, its virtual hardware, its QEMU command line, its disk.
+
+Everything here is pure (no processes, no files) so the exact shape of a lab host is tested
+directly; ``image.py`` and ``hosts.py`` do the I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from gpuprov.errors import UsageError
+
+# "none" is a machine whose firmware exposes no IOMMU (VT-d / AMD-Vi disabled in its setup).
+IOMMU_CHOICES = ("intel", "amd", "none")
+BOOT_CHOICES = ("grub", "systemd-boot")
+
+# A host name becomes a DNS label, a QEMU process name and a directory name.
+_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
+
+# The stand-in GPU: QEMU's std VGA (the ids Linux's bochs-drm claims) at function 0 and an
+# ICH9 HD-audio controller (snd_hda_intel) at function 1, like a real card's HDMI audio.
+STAND_IN_GPU_FUNCTIONS = (
+    {"function": 0, "device": "VGA", "vendor_device": "1234:1111", "driver": "bochs-drm"},
+    {"function": 1, "device": "ich9-intel-hda", "vendor_device": "8086:293e",
+     "driver": "snd_hda_intel"},
+)
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+SECTOR = 512
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it can name a lab host, else raise a UsageError that says why."""
+    if not _NAME_RE.match(name):
+        raise UsageError(
+            f"{name!r} is not a valid lab host name",
+            "use 1-32 lower-case letters, digits and hyphens, starting with a letter "
+            "and not ending with a hyphen (for example: pve1, gpu-a)",
+        )
+    return name
+
+
+def validate_names(names: Iterable[str]) -> list[str]:
+    """Validate every name and refuse duplicates, before anything is touched."""
+    seen: list[str] = []
+    for name in names:
+        validate_name(name)
+        if name in seen:
+            raise UsageError(f"lab host {name!r} is named twice", "name each host once")
+        seen.append(name)
+    return seen
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """The virtual machine behind one lab host."""
+
+    name: str
+    iommu: str = "intel"
+    boot: str = "grub"
+    gpus: int = 1
+    ssh_port: int = 0
+    memory_mib: int = 1024
+    cpus: int = 2
+
+    def __post_init__(self) -> None:
+        validate_name(self.name)
+        if self.iommu not in IOMMU_CHOICES:
+            raise UsageError(f"unknown IOMMU {self.iommu!r}", f"choose one of {IOMMU_CHOICES}")
+        if self.boot not in BOOT_CHOICES:
+            raise UsageError(f"unknown boot loader {self.boot!r}", f"choose one of {BOOT_CHOICES}")
+        if not 1 <= self.gpus <= 8:
+            raise UsageError(f"{self.gpus} stand-in GPUs requested", "use 1 to 8 GPUs per host")
+        if not 512 <= self.memory_mib <= 65536:
+            raise UsageError(
+                f"{self.memory_mib} MiB of memory requested", "use 512 to 65536 MiB per host"
+            )
+        if not 1 <= self.cpus <= 16:
+            raise UsageError(f"{self.cpus} CPUs requested", "use 1 to 16 CPUs per host")
+        if not 0 <= self.ssh_port <= 65535:
+            raise UsageError(f"SSH port {self.ssh_port} is out of range", "use 1024-65535")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> HostSpec:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class HostFiles:
+    """Where one host's state lives (all under its own directory)."""
+
+    dir: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.dir / "host.json"
+
+    @property
+    def disk(self) -> Path:
+        return self.dir / "disk.qcow2"
+
+    @property
+    def ovmf_vars(self) -> Path:
+        return self.dir / "OVMF_VARS.fd"
+
+    @property
+    def console_log(self) -> Path:
+        return self.dir / "console.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.dir / "qmp.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "qemu.pid"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "known_hosts"
+
+
+def process_name(name: str) -> str:
+    """The name QEMU's process carries, so ``ps`` and our own liveness checks can find it."""
+    return f"gpuprov-lab-{name}"
+
+
+def qemu_argv(
+    spec: HostSpec,
+    files: HostFiles,
+    *,
+    qemu: str,
+    ovmf_code: Path,
+    authorized_keys: Path,
+) -> list[str]:
+    """The full QEMU command line for ``spec``: q35 + OVMF + vIOMMU + stand-in GPUs."""
+    vendor = "AuthenticAMD" if spec.iommu == "amd" else "GenuineIntel"
+    # The vIOMMU must come before any device it translates for.
+    iommu = {
+        "intel": ["-device", "intel-iommu,intremap=on,caching-mode=on"],
+        # AMD's interrupt remapping in QEMU needs a split irqchip, which only KVM has.
+        "amd": ["-device", "amd-iommu"],
+        "none": [],
+    }[spec.iommu]
+    argv = [
+        qemu,
+        "-name", f"{process_name(spec.name)},process={process_name(spec.name)}",
+        "-machine", "q35",
+        # Measured: KVM hangs after the firmware on these machines; software emulation works.
+        "-accel", "tcg,thread=multi",
+        "-cpu", f"max,vendor={vendor}",
+        "-smp", str(spec.cpus),
+        "-m", str(spec.memory_mib),
+        "-nodefaults",
+        "-display", "none",
+        "-vga", "none",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={ovmf_code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={files.ovmf_vars}",
+        *iommu,
+        "-drive", f"if=none,id=root,format=qcow2,file={files.disk},discard=unmap",
+        "-device", "virtio-blk-pci,drive=root,bootindex=1",
+        "-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+        "-device", "virtio-net-pci,netdev=mgmt",
+    ]
+    for index in range(spec.gpus):
+        port = f"gpu{index}"
+        argv += ["-device", f"pcie-root-port,id={port},chassis={index + 1}"]
+        for fn in STAND_IN_GPU_FUNCTIONS:
+            extra = ",multifunction=on" if fn["function"] == 0 else ""
+            argv += ["-device", f"{fn['device']},bus={port},addr=00.{fn['function']}{extra}"]
+    argv += [
+        "-fw_cfg", f"name=opt/gpuprov/authorized_keys,file={authorized_keys}",
+        "-fw_cfg", f"name=opt/gpuprov/hostname,string={spec.name}",
+        "-chardev", f"file,id=console,path={files.console_log},append=on",
+        "-serial", "chardev:console",
+        "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
+        "-pidfile", str(files.pidfile),
+        "-daemonize",
+    ]
+    return argv
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    """A GPT disk with an EFI system partition and one ext4 root, in bytes."""
+
+    total: int
+    esp_start: int
+    esp_size: int
+    root_start: int
+    root_size: int
+
+    def sgdisk_args(self) -> list[str]:
+        esp_first = self.esp_start // SECTOR
+        esp_last = (self.esp_start + self.esp_size) // SECTOR - 1
+        root_first = self.root_start // SECTOR
+        root_last = (self.root_start + self.root_size) // SECTOR - 1
+        return [
+            "--clear",
+            "--new", f"1:{esp_first}:{esp_last}", "--typecode", "1:ef00",
+            "--change-name", "1:EFI system partition",
+            # 8304 is "Linux x86-64 root": systemd's discoverable-partitions type.
+            "--new", f"2:{root_first}:{root_last}", "--typecode", "2:8304",
+            "--change-name", "2:root",
+        ]
+
+
+def disk_layout(total: int, esp_size: int = 256 * MIB) -> DiskLayout:
+    """Lay out ``total`` bytes: 1 MiB alignment gap, the ESP, then the root up to the backup GPT."""
+    if total % MIB or esp_size % MIB:
+        raise ValueError("disk and ESP sizes must be whole MiB")
+    esp_start = MIB
+    root_start = esp_start + esp_size
+    # The backup GPT takes the last 33 sectors; keep the root MiB-aligned below it.
+    root_size = ((total - 33 * SECTOR - root_start) // MIB) * MIB
+    if root_size < GIB:
+        raise ValueError(f"a {total} byte disk leaves no room for a root file system")
+    return DiskLayout(total, esp_start, esp_size, root_start, root_size)
+
+
+def recipe_hash(recipe: Mapping) -> str:
+    """A short, stable digest of everything that determines an image's contents."""
+    canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def inventory(hosts: Iterable[tuple[HostSpec, HostFiles]], private_key: Path) -> dict:
+    """The Ansible inventory (YAML-ready) naming every lab host, for gpuprov and Ansible."""
+    hostvars = {}
+    for spec, files in sorted(hosts, key=lambda pair: pair[0].name):
+        hostvars[spec.name] = {
+            "ansible_host": "127.0.0.1",
+            "ansible_port": spec.ssh_port,
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(private_key),
+            "ansible_ssh_common_args": (
+                f"-o UserKnownHostsFile={files.known_hosts} -o StrictHostKeyChecking=yes"
+            ),
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "gpuprov_lab_iommu": spec.iommu,
+            "gpuprov_lab_boot": spec.boot,
+            "gpuprov_lab_gpus": spec.gpus,
+        }
+    return {"all": {"children": {"lab": {"hosts": hostvars}}}}

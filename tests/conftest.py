@@ -1,0 +1,56 @@
+"""Shared test plumbing: the real `gpuprov` CLI in a private lab directory, and a guarantee that
+no QEMU started by the tests outlives the session, whatever failed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GPUPROV = str(Path(sys.executable).with_name("gpuprov"))
+
+
+def qemu_pids_under(directory: Path) -> list[int]:
+    """Pids of processes whose command line mentions ``directory`` (our lab's QEMUs)."""
+    needle = str(directory).encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if needle in cmdline and b"qemu-system" in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture(scope="session")
+def lab_root(tmp_path_factory) -> Path:
+    # Short: QEMU's control sockets live under it and Unix socket paths are limited.
+    root = tmp_path_factory.mktemp("lab")
+    yield root
+    for pid in qemu_pids_under(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def run_gpuprov(lab_root):
+    """Run the installed CLI against the test lab; returns the CompletedProcess."""
+
+    def run(*args: str, env: dict | None = None, check: bool = True, timeout: float = 1800):
+        full_env = {**os.environ, "GPUPROV_LAB_DIR": str(lab_root), **(env or {})}
+        result = subprocess.run([GPUPROV, *args], capture_output=True, text=True, env=full_env,
+                                stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"gpuprov {' '.join(args)} exited {result.returncode}\n"
+                                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        return result
+
+    return run

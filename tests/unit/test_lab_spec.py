@@ -1,0 +1,134 @@
+"""The pure description of lab hosts: names, QEMU command line, disk layout, inventory."""
+
+from pathlib import Path
+
+import pytest
+
+from gpuprov.errors import UsageError
+from gpuprov.lab.spec import (
+    GIB,
+    MIB,
+    HostFiles,
+    HostSpec,
+    disk_layout,
+    inventory,
+    qemu_argv,
+    recipe_hash,
+    validate_names,
+)
+
+
+@pytest.mark.parametrize("name", ["a", "pve1", "gpu-host-2", "x" * 32])
+def test_valid_names(name):
+    assert validate_names([name]) == [name]
+
+
+@pytest.mark.parametrize("name", ["", "A", "1abc", "ab-", "a_b", "a.b", "x" * 33, "../x"])
+def test_invalid_names_are_refused_with_a_hint(name):
+    with pytest.raises(UsageError) as error:
+        validate_names([name])
+    assert "lower-case" in error.value.hint
+
+
+def test_a_name_given_twice_is_refused():
+    with pytest.raises(UsageError, match="named twice"):
+        validate_names(["a", "b", "a"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("iommu", "arm"), ("boot", "lilo"), ("gpus", 0), ("memory_mib", 64), ("cpus", 0)],
+)
+def test_host_spec_refuses_bad_values(field, value):
+    with pytest.raises(UsageError):
+        HostSpec(name="a", **{field: value})
+
+
+def test_host_spec_round_trips_through_json():
+    spec = HostSpec(name="a", iommu="amd", boot="systemd-boot", gpus=2, ssh_port=2230)
+    assert HostSpec.from_json(spec.to_json()) == spec
+
+
+def _argv(**spec):
+    return qemu_argv(
+        HostSpec(name="a", ssh_port=2222, **spec),
+        HostFiles(Path("/lab/hosts/a")),
+        qemu="qemu-system-x86_64",
+        ovmf_code=Path("/fw/CODE.fd"),
+        authorized_keys=Path("/lab/id.pub"),
+    )
+
+
+def _devices(argv):
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == "-device"]
+
+
+def test_intel_host_has_the_viommu_before_every_pci_device():
+    devices = _devices(_argv(iommu="intel"))
+    assert devices[0] == "intel-iommu,intremap=on,caching-mode=on"
+    assert "-cpu" in (argv := _argv(iommu="intel"))
+    assert argv[argv.index("-cpu") + 1] == "max,vendor=GenuineIntel"
+
+
+def test_amd_host_has_amd_iommu_and_an_amd_cpu():
+    argv = _argv(iommu="amd")
+    assert _devices(argv)[0] == "amd-iommu"
+    assert argv[argv.index("-cpu") + 1] == "max,vendor=AuthenticAMD"
+
+
+def test_host_without_iommu_has_no_viommu():
+    assert not any("iommu" in d for d in _devices(_argv(iommu="none")))
+
+
+def test_each_stand_in_gpu_is_two_functions_in_its_own_pcie_slot():
+    devices = _devices(_argv(gpus=2))
+    for index in range(2):
+        port = f"gpu{index}"
+        assert f"pcie-root-port,id={port},chassis={index + 1}" in devices
+        assert f"VGA,bus={port},addr=00.0,multifunction=on" in devices
+        assert f"ich9-intel-hda,bus={port},addr=00.1" in devices
+
+
+def test_uefi_q35_and_ssh_only_on_loopback():
+    argv = _argv()
+    joined = " ".join(argv)
+    assert argv[argv.index("-machine") + 1] == "q35"
+    assert "if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd" in joined
+    assert "file=/lab/hosts/a/OVMF_VARS.fd" in joined
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in joined
+    assert "name=opt/gpuprov/hostname,string=a" in joined
+    assert "path=/lab/hosts/a/console.log,append=on" in joined
+
+
+def test_disk_layout_is_aligned_and_leaves_room_for_the_backup_gpt():
+    layout = disk_layout(8 * GIB, 256 * MIB)
+    assert (layout.esp_start, layout.esp_size) == (MIB, 256 * MIB)
+    assert layout.root_start == 257 * MIB
+    assert layout.root_start % MIB == 0 and layout.root_size % MIB == 0
+    assert layout.root_start + layout.root_size <= 8 * GIB - 33 * 512
+    args = layout.sgdisk_args()
+    assert args[args.index("--new") + 1] == "1:2048:526335"
+    assert "1:ef00" in args and "2:8304" in args
+
+
+def test_disk_layout_refuses_a_disk_too_small_for_a_root():
+    with pytest.raises(ValueError):
+        disk_layout(512 * MIB)
+
+
+def test_recipe_hash_is_stable_and_sensitive():
+    assert recipe_hash({"a": 1, "b": [1, 2]}) == recipe_hash({"b": [1, 2], "a": 1})
+    assert recipe_hash({"a": 1}) != recipe_hash({"a": 2})
+
+
+def test_inventory_names_every_host_with_its_own_port_and_pinned_host_key():
+    pairs = [
+        (HostSpec(name="b", ssh_port=2223, iommu="amd"), HostFiles(Path("/lab/hosts/b"))),
+        (HostSpec(name="a", ssh_port=2222), HostFiles(Path("/lab/hosts/a"))),
+    ]
+    hosts = inventory(pairs, Path("/lab/id_ed25519"))["all"]["children"]["lab"]["hosts"]
+    assert list(hosts) == ["a", "b"]
+    assert hosts["b"]["ansible_port"] == 2223
+    assert hosts["b"]["gpuprov_lab_iommu"] == "amd"
+    assert hosts["a"]["ansible_ssh_private_key_file"] == "/lab/id_ed25519"
+    assert "UserKnownHostsFile=/lab/hosts/a/known_hosts" in hosts["a"]["ansible_ssh_common_args"]
