@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,8 +10,15 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output (CI logs, `| less`) keeps whole paths instead of rich's 80-column default.
+    return Console(stderr=stderr, width=None if stream.isatty() else 200)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 @contextmanager
