@@ -40,3 +40,9 @@ class LabFailure(GpuprovError):
     """A lab host or its image failed while being built or booted."""
 
     exit_code = 5
+
+
+class HostUnreachable(GpuprovError):
+    """A managed host did not accept an SSH session (down, wrong port, key or host key)."""
+
+    exit_code = 4

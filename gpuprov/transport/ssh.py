@@ -27,7 +27,7 @@ class SshTarget:
     host: str
     port: int
     user: str
-    key_file: Path
+    key_file: Path | None  # None: the user's default keys and SSH agent
     known_hosts: Path
 
     @property
@@ -65,7 +65,8 @@ def connect(target: SshTarget, *, trust_on_first_use: bool = False,
     try:
         client.connect(
             target.host, port=target.port, username=target.user,
-            key_filename=str(target.key_file), look_for_keys=False, allow_agent=False,
+            key_filename=str(target.key_file) if target.key_file else None,
+            look_for_keys=target.key_file is None, allow_agent=target.key_file is None,
             timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
         )
     except (OSError, paramiko.SSHException) as error:
@@ -76,9 +77,14 @@ def connect(target: SshTarget, *, trust_on_first_use: bool = False,
     return client
 
 
-def run(client: paramiko.SSHClient, command: str, timeout: float = 300) -> tuple[int, str, str]:
-    """Run ``command``; return its exit status, stdout and stderr."""
-    _, stdout, stderr = client.exec_command(command, timeout=timeout)
+def run(client: paramiko.SSHClient, command: str, timeout: float = 300,
+        stdin: str | None = None) -> tuple[int, str, str]:
+    """Run ``command`` (fed ``stdin`` if given); return its exit status, stdout and stderr."""
+    channel_in, stdout, stderr = client.exec_command(command, timeout=timeout)
+    if stdin is not None:
+        channel_in.write(stdin)
+        channel_in.flush()
+        channel_in.channel.shutdown_write()
     out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
     return stdout.channel.recv_exit_status(), out, err
 

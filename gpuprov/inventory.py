@@ -1,0 +1,96 @@
+"""Inventory host names -> SSH targets, read by Ansible's own inventory code.
+
+Any inventory ``ansible-playbook -i`` accepts works (YAML, INI, a directory, group_vars,
+host_vars); the connection comes from the usual variables: ``ansible_host``, ``ansible_port``,
+``ansible_user``, ``ansible_ssh_private_key_file``, and the known_hosts file from
+``-o UserKnownHostsFile=...`` in ``ansible_ssh_common_args`` / ``ansible_ssh_extra_args`` (the
+lab pins its host keys there), else ``~/.ssh/known_hosts``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import shlex
+from pathlib import Path
+
+from gpuprov.errors import NotFoundError
+from gpuprov.transport.ssh import SshTarget
+
+DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+
+
+def known_hosts_from_ssh_args(args: str) -> str | None:
+    """The first file of ``-o UserKnownHostsFile=...`` (any spelling OpenSSH takes)."""
+    try:
+        words = shlex.split(args)
+    except ValueError:
+        words = args.split()
+    options: list[str] = []
+    for index, word in enumerate(words):
+        if word == "-o" and index + 1 < len(words):
+            options.append(words[index + 1])
+        elif word.startswith("-o") and len(word) > 2:
+            options.append(word[2:])
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            key, _, value = option.partition(" ")
+        if key.strip().lower() == "userknownhostsfile" and value.strip():
+            return value.split()[0]
+    return None
+
+
+def _first(variables: dict, *names: str):
+    for name in names:
+        value = variables.get(name)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def default_inventory() -> Path:
+    from gpuprov.lab.hosts import Lab  # the lab's inventory, wherever GPUPROV_LAB_DIR puts it
+
+    return Lab().inventory_file
+
+
+def resolve(name: str, inventory: Path | None = None) -> SshTarget:
+    """The SSH target of inventory host ``name``; NotFoundError if there is no such host."""
+    inventory = inventory or default_inventory()
+    if not inventory.exists():
+        raise NotFoundError(
+            f"inventory {inventory} does not exist",
+            "pass an Ansible inventory with -i, or create lab hosts with: gpuprov lab up")
+
+    # Ansible's inventory code is slow to import; only this module needs it.
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    manager = InventoryManager(loader=loader, sources=[str(inventory)])
+    host = manager.get_host(name)
+    if host is None:
+        known = ", ".join(sorted(h for h in manager.hosts)) or "none"
+        raise NotFoundError(f"no host named {name!r} in the inventory {inventory}",
+                            f"the hosts there are: {known}")
+    variables = VariableManager(loader=loader, inventory=manager).get_vars(
+        host=host, include_hostvars=False)
+    templar = Templar(loader=loader, variables=variables)
+
+    def var(*names: str):
+        value = _first(variables, *names)
+        return None if value is None else templar.template(value)
+
+    key_file = var("ansible_ssh_private_key_file", "ansible_private_key_file")
+    ssh_args = " ".join(str(var(n) or "") for n in ("ansible_ssh_common_args",
+                                                     "ansible_ssh_extra_args"))
+    known_hosts = known_hosts_from_ssh_args(ssh_args)
+    return SshTarget(
+        host=str(var("ansible_host", "ansible_ssh_host") or name),
+        port=int(var("ansible_port", "ansible_ssh_port") or 22),
+        user=str(var("ansible_user", "ansible_ssh_user") or getpass.getuser()),
+        key_file=Path(str(key_file)).expanduser() if key_file else None,
+        known_hosts=Path(known_hosts or DEFAULT_KNOWN_HOSTS).expanduser(),
+    )
