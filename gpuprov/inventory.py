@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import shlex
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from gpuprov.errors import NotFoundError
@@ -54,8 +55,29 @@ def default_inventory() -> Path:
     return Lab().inventory_file
 
 
-def resolve(name: str, inventory: Path | None = None) -> SshTarget:
-    """The SSH target of inventory host ``name``; NotFoundError if there is no such host."""
+class HostVars(Mapping):
+    """A host's variables, each templated when read (an unused var may reference anything)."""
+
+    def __init__(self, variables: dict, templar) -> None:
+        self._variables = variables
+        self._templar = templar
+
+    def __getitem__(self, key: str):
+        return self._templar.template(self._variables[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._variables)
+
+    def __len__(self) -> int:
+        return len(self._variables)
+
+
+def host_vars(name: str, inventory: Path | None = None) -> HostVars:
+    """Every variable of inventory host ``name`` (group_vars, host_vars, inline), templated.
+
+    NotFoundError if the inventory or the host does not exist. Hypervisor backends read their
+    API endpoints and credentials from here, so they can live in a vault like any Ansible var.
+    """
     inventory = inventory or default_inventory()
     if not inventory.exists():
         raise NotFoundError(
@@ -77,11 +99,15 @@ def resolve(name: str, inventory: Path | None = None) -> SshTarget:
                             f"the hosts there are: {known}")
     variables = VariableManager(loader=loader, inventory=manager).get_vars(
         host=host, include_hostvars=False)
-    templar = Templar(loader=loader, variables=variables)
+    return HostVars(variables, Templar(loader=loader, variables=variables))
+
+
+def resolve(name: str, inventory: Path | None = None) -> SshTarget:
+    """The SSH target of inventory host ``name``; NotFoundError if there is no such host."""
+    variables = host_vars(name, inventory)
 
     def var(*names: str):
-        value = _first(variables, *names)
-        return None if value is None else templar.template(value)
+        return _first(variables, *names)
 
     key_file = var("ansible_ssh_private_key_file", "ansible_private_key_file")
     ssh_args = " ".join(str(var(n) or "") for n in ("ansible_ssh_common_args",

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gpuprov import __version__
-from gpuprov.cli import host, lab
+from gpuprov.cli import host, lab, vm
 from gpuprov.cli.output import err_console
 from gpuprov.errors import GpuprovError
 
@@ -21,11 +21,11 @@ app = typer.Typer(
 )
 app.add_typer(lab.app, name="lab")
 app.add_typer(host.app, name="host")
+app.add_typer(vm.app, name="vm")
 
 # Stages that later issues build. They exist so the CLI's shape is visible, and say plainly
 # that they do nothing yet rather than print anything that looks like a result.
 _PENDING = {
-    "vm": ("Create passthrough VMs on Proxmox VE, ESXi or libvirt.", 4),
     "guest": ("Install the NVIDIA driver, container toolkit and fabricmanager in a guest.", None),
     "deploy": ("Deploy the GPU remoting server and the Kubernetes device plugin.", None),
     "driver": ("Day 2: plan and roll out driver upgrades.", None),

@@ -1,0 +1,158 @@
+"""``gpuprov vm``: create passthrough VMs, or give a card to an existing VM.
+
+One command for every hypervisor; ``--hypervisor`` picks the backend in ``gpuprov.hypervisors``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.prompt import Confirm
+from rich.table import Table
+
+from gpuprov.cli.output import console, err_console, progress
+from gpuprov.errors import UsageError
+
+app = typer.Typer(help="Create passthrough VMs on Proxmox VE, ESXi or libvirt.",
+                  no_args_is_help=True)
+
+InventoryOption = Annotated[Path | None, typer.Option(
+    "--inventory", "-i", envvar="GPUPROV_INVENTORY", show_default=False,
+    help="Ansible inventory naming the host [default: the lab's inventory]")]
+
+
+def _vmid(text: str | None) -> int | None:
+    if text is None or text == "auto":
+        return None
+    if not text.isdigit() or not 100 <= int(text) <= 999_999_999:
+        raise UsageError(f"--vmid {text!r} is not a VM id",
+                         "give a number from 100 to 999999999, or auto for the next free one")
+    return int(text)
+
+
+def _options(pairs: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option {pair!r} is not KEY=VALUE",
+                             "for example --option datacenter=DC0")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def confirmer(assume_yes: bool):
+    """``confirm(question, changes)`` for backends: --yes/--convert says yes; a terminal asks;
+    anything else (CI, pipes) says no, so nothing is converted without a person's yes."""
+
+    def confirm(question: str, changes: Sequence[str]) -> bool:
+        if assume_yes:
+            return True
+        if not sys.stdin.isatty():
+            return False
+        err_console.print(f"[bold]{question}[/]")
+        for change in changes:
+            err_console.print(f"  {change}", highlight=False)
+        return Confirm.ask("go ahead?", console=err_console, default=False)
+
+    return confirm
+
+
+@app.command()
+def passthrough(
+    gpu: Annotated[str, typer.Option("--gpu", help="The card: 26:00 (all functions), "
+                                     "26:00.0 or 0000:26:00.0.", show_default=False)],
+    host: Annotated[str, typer.Option("--host", help="Inventory name of the hypervisor host "
+                                      "(Proxmox node, ESXi host or vCenter, libvirt host).",
+                                      show_default=False)],
+    hypervisor: Annotated[str, typer.Option(
+        "--hypervisor", help="proxmox, esxi or libvirt.")] = "proxmox",
+    inventory: InventoryOption = None,
+    vm: Annotated[str | None, typer.Option(
+        "--vm", help="An existing VM (id or name) to give the card to.",
+        show_default=False)] = None,
+    vmid: Annotated[str | None, typer.Option(
+        "--vmid", help="Proxmox VM id: a new one, auto (the next free), or an existing VM's.",
+        show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name of a new VM.",
+                                             show_default=False)] = None,
+    cores: Annotated[int, typer.Option("--cores", min=1, help="vCPUs of a new VM.")] = 4,
+    memory: Annotated[str, typer.Option(
+        "--memory", help="Memory of a new VM (8G, 8192 = MiB); all of it is pinned.")] = "8G",
+    disk: Annotated[str, typer.Option("--disk", help="System disk of a new VM (32G).")] = "32G",
+    storage: Annotated[str | None, typer.Option(
+        "--storage", help="Proxmox storage / ESXi datastore for the new VM's disks.",
+        show_default=False)] = None,
+    iso: Annotated[str | None, typer.Option(
+        "--iso", help="Installer ISO, as the hypervisor names it "
+        "(local:iso/debian.iso, [datastore1] iso/debian.iso).", show_default=False)] = None,
+    mapping: Annotated[str | None, typer.Option(
+        "--mapping", help="Proxmox: use (or create) this PCI resource mapping.",
+        show_default=False)] = None,
+    x_vga: Annotated[bool, typer.Option(
+        "--x-vga", help="Make the card the VM's primary display.")] = False,
+    hide_hypervisor: Annotated[bool, typer.Option(
+        "--hide-hypervisor", help="ESXi: hypervisor.cpuid.v0=FALSE, for consumer cards whose "
+        "driver refuses to run in a VM (can break vSphere 7 guests).")] = False,
+    start: Annotated[bool, typer.Option("--start/--no-start",
+                                        help="Start the VM afterwards.")] = True,
+    keep_on_failure: Annotated[bool, typer.Option(
+        "--keep-on-failure", help="Keep a half-made VM for debugging instead of removing it.")
+    ] = False,
+    convert: Annotated[bool, typer.Option(
+        "--convert", "--yes", help="Convert an existing VM (q35, UEFI, EFI disk) without "
+        "asking.")] = False,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="Backend-specific KEY=VALUE (esxi: datacenter, cluster, "
+        "esx_host); repeatable.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Create a q35/UEFI VM with the GPU passed through, or give the GPU to an existing VM."""
+    from gpuprov.facts.pci import parse_address
+    from gpuprov.hypervisors import PassthroughRequest, VmShape, load_backend
+    from gpuprov.units import parse_size
+
+    if vm is not None and vmid is not None:
+        raise UsageError("--vm and --vmid both name the VM", "give one of them")
+    request = PassthroughRequest(
+        host=host,
+        gpu=parse_address(gpu),
+        inventory=inventory,
+        vm=vm,
+        vmid=_vmid(vmid),
+        shape=VmShape(
+            name=name, cores=cores,
+            memory_mib=parse_size(memory, default_unit="M", what="--memory") // 2**20,
+            disk_gib=max(1, parse_size(disk, default_unit="G", what="--disk") // 2**30),
+            storage=storage, iso=iso),
+        mapping=mapping,
+        x_vga=x_vga,
+        hide_hypervisor=hide_hypervisor,
+        start=start,
+        keep_on_failure=keep_on_failure,
+        options=_options(option or []),
+    )
+    backend = load_backend(hypervisor)
+    with progress() as report:
+        result = backend.passthrough(request, report, confirmer(convert))
+    if as_json:
+        console.print_json(json.dumps(result.to_json()))
+        return
+    verb = "created" if result.created else "gave the card to"
+    table = Table(title=f"{verb} VM {result.vm_id} ({result.vm_name}) on {result.host} "
+                  f"[{result.hypervisor}]", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for device in result.devices:
+        table.add_row("device", device)
+    for key, value in result.settings.items():
+        table.add_row(key, value)
+    table.add_row("running", "yes" if result.started else "no")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
