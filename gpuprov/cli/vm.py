@@ -156,3 +156,54 @@ def passthrough(
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
+
+
+@app.command()
+def devices(
+    host: Annotated[str, typer.Option("--host", help="Inventory name of the ESXi host or "
+                                      "vCenter.", show_default=False)],
+    hypervisor: Annotated[str, typer.Option(
+        "--hypervisor", help="esxi (the backend with host-side passthrough switches).")
+    ] = "esxi",
+    inventory: InventoryOption = None,
+    enable: Annotated[str | None, typer.Option(
+        "--enable", help="Enable passthrough on this card (26:00, 0000:26:00.0) and its sibling "
+        "functions.", show_default=False)] = None,
+    reboot: Annotated[bool, typer.Option(
+        "--reboot", help="If a passthrough change waits for it: maintenance mode, reboot, wait "
+        "for the host, leave maintenance mode (asks first).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Reboot without asking.")] = False,
+    show_all: Annotated[bool, typer.Option(
+        "--all", help="Also list devices that cannot be passed through.")] = False,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="KEY=VALUE choosing the host on a vCenter: datacenter, cluster, "
+        "esx_host; repeatable.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """List a host's PCI devices with their passthrough state; enable a card; reboot to apply."""
+    from gpuprov.facts.pci import parse_address
+    from gpuprov.hypervisors import load_backend
+
+    backend = load_backend(hypervisor)
+    if not hasattr(backend, "host_devices"):
+        raise UsageError(f"the {hypervisor} backend has no host-side passthrough switches",
+                         "see the host's devices with: gpuprov host inspect HOST")
+    with progress() as report:
+        result = backend.host_devices(
+            host, inventory, _options(option or []), report, confirmer(yes),
+            enable=parse_address(enable) if enable else None, reboot=reboot)
+    if as_json:
+        console.print_json(json.dumps(result.to_json()))
+        return
+    table = Table(title=f"PCI devices of {result.host} [{result.hypervisor}]",
+                  title_justify="left")
+    for column in ("address", "ids", "device", "passthrough"):
+        table.add_column(column, overflow="fold")
+    for function in result.functions:
+        if show_all or function.capable:
+            table.add_row(function.address, function.ids, function.name, function.state)
+    console.print(table)
+    for address in result.changed:
+        console.print(f"enabled: {address}", highlight=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
