@@ -8,12 +8,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 setup:
 	./scripts/setup.sh
 
-## demo: set up, boot a lab GPU host, show its stand-in GPU and IOMMU state.
+## demo: set up, boot a lab GPU host, give its GPU to vfio-pci (one reboot), prove it.
 demo: setup
 	gpuprov lab up demo
-	gpuprov lab list
-	gpuprov lab ssh demo -- 'lspci -nnk -d ::0300; lspci -nnk -d ::0403; echo "cmdline: $$(cat /proc/cmdline)"; echo "IOMMU groups: $$(ls /sys/kernel/iommu_groups | wc -l)"'
-	@echo "log in with: $(BIN)/gpuprov lab ssh demo   remove with: $(BIN)/gpuprov lab destroy demo"
+	gpuprov host inspect demo || [ $$? -eq 10 ]  # 10: needs setup, as a stock host does
+	gpuprov host setup demo --yes
+	gpuprov host inspect demo
+	gpuprov lab ssh demo -- 'lspci -nnk -s 01:00; ls -l /dev/vfio'
+	@echo "log in with: $(BIN)/gpuprov lab ssh demo   undo with: $(BIN)/gpuprov host rollback demo   remove with: $(BIN)/gpuprov lab destroy demo"
 
 ## test: set up, lint, then every test (unit, lab VMs, molecule).
 test: setup lint

@@ -10,18 +10,14 @@ destroyed afterwards.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gpuprov.lab.hosts import Lab
+from private_lab import private_lab, quiet
+
 from gpuprov.lab.image import ImageCache
-
-
-def _quiet(*_args) -> None:
-    pass
 
 
 def _pss_mib(pid: int) -> float:
@@ -42,23 +38,21 @@ def main() -> int:
     if args.cold:
         with tempfile.TemporaryDirectory(prefix="gpuprov-bench-cache-") as cache_dir:
             started = time.monotonic()
-            ImageCache(Path(cache_dir)).ensure(boots, _quiet)
+            ImageCache(Path(cache_dir)).ensure(boots, quiet)
             print(f"image build, cold (both boot variants): {time.monotonic() - started:7.1f} s")
 
     cache = ImageCache()
     started = time.monotonic()
-    cache.ensure(boots, _quiet)
+    cache.ensure(boots, quiet)
     print(f"image build, cached:                     {time.monotonic() - started:7.1f} s")
 
-    lab_dir = Path(tempfile.mkdtemp(prefix="gpuprov-bench-lab-"))
-    lab = Lab(lab_dir, cache)
     names = [f"bench{i}" for i in range(args.hosts)]
-    try:
+    with private_lab(cache) as lab:
         started = time.monotonic()
-        lab.up(names[:1], report=_quiet)
+        lab.up(names[:1], report=quiet)
         print(f"boot to SSH, one host:                   {time.monotonic() - started:7.1f} s")
         started = time.monotonic()
-        lab.up(names[1:], report=_quiet)
+        lab.up(names[1:], report=quiet)
         if names[1:]:
             print(f"boot to SSH, {len(names) - 1} more host(s) at once:      "
                   f"{time.monotonic() - started:7.1f} s")
@@ -66,10 +60,6 @@ def main() -> int:
         for name in names:
             print(f"memory (PSS) of {name}'s QEMU:            {_pss_mib(lab.pid(name)):7.0f} MiB"
                   f"  (guest RAM {lab.spec(name).memory_mib} MiB)")
-    finally:
-        for name in lab.names():
-            lab.destroy(name)
-        shutil.rmtree(lab_dir, ignore_errors=True)
     return 0
 
 

@@ -43,14 +43,18 @@ def lab_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def run_gpuprov(lab_root):
     """Run the installed CLI against the test lab; returns the CompletedProcess."""
+    lab_env = {**os.environ, "GPUPROV_LAB_DIR": str(lab_root)}
 
     def run(*args: str, env: dict | None = None, check: bool = True, timeout: float = 1800):
-        full_env = {**os.environ, "GPUPROV_LAB_DIR": str(lab_root), **(env or {})}
-        result = subprocess.run([GPUPROV, *args], capture_output=True, text=True, env=full_env,
-                                stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+        result = subprocess.run([GPUPROV, *args], capture_output=True, text=True,
+                                env={**lab_env, **(env or {})}, stdin=subprocess.DEVNULL,
+                                timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"gpuprov {' '.join(args)} exited {result.returncode}\n"
                                  f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
         return result
 
+    # For tests that start gpuprov themselves (several at once, with Popen).
+    run.argv = [GPUPROV]
+    run.env = lab_env
     return run

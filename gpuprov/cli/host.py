@@ -1,15 +1,19 @@
-"""``gpuprov host``: inspect a host's IOMMU, boot loader and GPUs (setup follows in issue #3)."""
+"""``gpuprov host``: inspect a host, set it up for passthrough (IOMMU + vfio-pci), roll back."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.prompt import Confirm
+from rich.syntax import Syntax
 from rich.table import Table
 
-from gpuprov.cli.output import console, err_console
+from gpuprov.cli.output import console, err_console, progress
+from gpuprov.errors import GpuprovError, UsageError
 
 app = typer.Typer(
     help="Inspect a host and prepare it: IOMMU on, the GPU bound to vfio-pci.",
@@ -130,3 +134,145 @@ def _render_gpu(facts, verdict) -> None:
     for warning in verdict.warnings:
         console.print(f"  [yellow]warning:[/] {warning.reason}", highlight=False)
         console.print(f"    {warning.fix}", highlight=False)
+
+
+YesOption = Annotated[bool, typer.Option(
+    "--yes", "-y", help="Go ahead without asking, and accept that the card is the host's "
+    "console (boot VGA).")]
+CheckOption = Annotated[bool, typer.Option(
+    "--check", help="Show exactly what would change (with diffs); change nothing.")]
+
+
+@app.command(epilog=(
+    "Exit codes: 0 done (or nothing to do, or --check); 20 refused as unsafe (nothing changed); "
+    "2 bad input or not confirmed; 3 no such host or GPU; 4 the host did not answer; 1 the "
+    "playbook or the verification failed."
+))
+def setup(
+    host: Annotated[str, typer.Argument(help="Inventory host name.")],
+    inventory: InventoryOption = None,
+    gpu: Annotated[list[str] | None, typer.Option(
+        "--gpu", help="The card to give to vfio-pci (26:00, 26:00.0 or 0000:26:00.0); "
+        "repeatable; needed when the host has several GPUs.", show_default=False)] = None,
+    check: CheckOption = False,
+    yes: YesOption = False,
+    accept_shared_group: Annotated[bool, typer.Option(
+        "--accept-shared-group", help="Accept that the card's IOMMU group holds other devices "
+        "(never the root disk's controller or the management NIC); they go to vfio-pci too.")
+    ] = False,
+    iommu_pt: Annotated[bool, typer.Option(
+        "--iommu-pt", help="Also add iommu=pt: devices the host keeps skip DMA translation "
+        "(faster host I/O, less isolation for them; passed-through devices stay isolated).")
+    ] = False,
+) -> None:
+    """Turn the IOMMU on and give the GPU to vfio-pci: inspect, plan, confirm, apply the roles
+    through playbooks/host_setup.yml, reboot once, verify. A second run changes nothing."""
+    from gpuprov.stages.host_setup import Setup  # keeps --help fast
+
+    # --check changes nothing, so it shows the plan even where the real run needs --yes.
+    setup_ = Setup.prepare(host, inventory=inventory, gpus=gpu or [],
+                           accept_shared_group=accept_shared_group, assume_yes=yes or check,
+                           iommu_passthrough_mode=iommu_pt)
+    _render_plan(setup_)
+    # Even a ready host gets the preview: its files may have drifted from what it runs now.
+    preview = setup_.preview()
+    if not preview.changes:
+        if not setup_.plan.ready:
+            raise GpuprovError(
+                f"{host}'s configuration is already in place but not active: it has not "
+                "booted into it",
+                f"reboot {host}, then check with: gpuprov host inspect {host}")
+        console.print(f"[green]nothing to do:[/] {host} is ready and its configuration "
+                      "matches; no change, no reboot")
+        return
+    _render_changes(preview, "would change" if check else "will change")
+    if check:
+        console.print("--check: nothing was changed")
+        return
+    _confirm(yes, f"apply these changes to {host} and reboot it once?")
+    with progress() as report:
+        applied = setup_.apply(lambda _host, task: report(host, task))
+        report(host, "ready: applied, rebooted and verified by the playbook")
+    after = setup_.verify()
+    _render_done(after, applied)
+
+
+@app.command()
+def rollback(
+    host: Annotated[str, typer.Argument(help="Inventory host name.")],
+    inventory: InventoryOption = None,
+    check: CheckOption = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Go ahead without asking.")] = False,
+) -> None:
+    """Undo host setup: put back the backed-up files, remove the ones gpuprov added, rebuild
+    the boot configuration and initramfs, reboot once (playbooks/host_rollback.yml)."""
+    from gpuprov.stages.host_setup import Rollback
+
+    rollback_ = Rollback.prepare(host, inventory=inventory)
+    preview = rollback_.preview()
+    if not preview.changes:
+        console.print(f"[green]nothing to do:[/] {host} has no gpuprov changes to undo")
+        return
+    _render_changes(preview, "would change" if check else "will change")
+    if check:
+        console.print("--check: nothing was changed")
+        return
+    _confirm(yes, f"restore {host}'s original files and reboot it once?")
+    with progress() as report:
+        rollback_.apply(lambda _host, task: report(host, task))
+        report(host, "ready: restored and rebooted")
+    after = rollback_.verify()
+    for verdict in after.verdicts:
+        _render_gpu(after.facts, verdict)
+
+
+def _confirm(yes: bool, question: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError("not confirmed: standard input is not a terminal",
+                         "review the plan above (or run with --check), then pass --yes")
+    if not Confirm.ask(question, console=err_console, default=False):
+        raise typer.Abort()
+
+
+def _render_plan(setup_) -> None:
+    plan = setup_.plan
+    table = Table("function", "ids", "driver now", "group", "after setup",
+                  title=f"plan for {setup_.target.host}", title_justify="left")
+    for address in plan.addresses:
+        device = setup_.before.facts.device(address)
+        table.add_row(address, device.vendor_device if device else "?",
+                      (device.driver if device else None) or "none",
+                      "-" if not device or device.iommu_group is None
+                      else str(device.iommu_group), "vfio-pci")
+    console.print(table)
+    params = setup_.before.kernel_params
+    for reason in (*params.reasons, *plan.reasons):
+        console.print(f"  {reason}", highlight=False)
+    for verdict in setup_.before.verdicts:
+        if verdict.gpu in plan.gpus and not plan.ready:
+            for warning in verdict.warnings:
+                console.print(f"  [yellow]warning:[/] {warning.reason}; {warning.fix}",
+                              highlight=False)
+
+
+def _render_changes(result, heading: str) -> None:
+    if not result.changes:
+        console.print(f"{heading}: nothing")
+        return
+    console.print(f"[bold]{heading}:[/]")
+    for change in result.changes:
+        console.print(f"  [yellow]~[/] {change.task}", highlight=False)
+        for diff in change.diffs:
+            console.print(Syntax(diff.rstrip("\n"), "diff", theme="ansi_dark",
+                                 background_color="default"), highlight=False)
+
+
+def _render_done(after, applied) -> None:
+    for verdict in after.verdicts:
+        _render_gpu(after.facts, verdict)
+    rebooted = any("Reboot" in c.task for c in applied.changes)
+    console.print(f"[green]ready:[/] {after.host}: every function on vfio-pci, "
+                  f"/dev/vfio present ({len(applied.changes)} changes, "
+                  f"{'one reboot' if rebooted else 'no reboot'})")

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from gpuprov.cli.output import console, err_console, progress
-from gpuprov.lab.spec import BOOT_CHOICES, IOMMU_CHOICES, validate_names
+from gpuprov.lab.spec import BOOT_CHOICES, GROUP_MATE_CHOICES, IOMMU_CHOICES, validate_names
 
 app = typer.Typer(
     help="Virtual GPU hosts (QEMU q35 + OVMF + vIOMMU + stand-in GPUs) to rehearse on.",
@@ -43,6 +43,10 @@ def up(
     memory: Annotated[int | None, typer.Option(
         help="Memory per host in MiB [default: 1024]")] = None,
     cpus: Annotated[int | None, typer.Option(help="Virtual CPUs per host [default: 2]")] = None,
+    group_mate: Annotated[str | None, typer.Option(
+        help="Put another device in the first GPU's IOMMU group, to rehearse refusals: "
+             f"{', '.join(GROUP_MATE_CHOICES)} (usb: an unrelated controller; disk: the root "
+             "disk's controller; nic: the management NIC) [default: none]")] = None,
     ssh_port: Annotated[int | None, typer.Option(
         help="Loopback SSH port of the first new host (the next hosts take the next ports) "
              "[default: the first free port from 2222]")] = None,
@@ -54,7 +58,8 @@ def up(
         lab.up(names, report=report, ssh_port=ssh_port,
                iommu=_choice(iommu, IOMMU_CHOICES, "--iommu"),
                boot=_choice(boot, BOOT_CHOICES, "--boot"),
-               gpus=gpus, memory_mib=memory, cpus=cpus)
+               gpus=gpus, memory_mib=memory, cpus=cpus,
+               group_mate=_choice(group_mate, GROUP_MATE_CHOICES, "--group-mate"))
     _print_table(lab, names)
     err_console.print(f"inventory: {lab.inventory_file}", highlight=False)
 

@@ -18,6 +18,9 @@ from gpuprov.errors import UsageError
 # "none" is a machine whose firmware exposes no IOMMU (VT-d / AMD-Vi disabled in its setup).
 IOMMU_CHOICES = ("intel", "amd", "none")
 BOOT_CHOICES = ("grub", "systemd-boot")
+# A device sharing the first GPU's IOMMU group, to rehearse the cases gpuprov must refuse:
+# "usb" an unrelated controller, "disk" the root disk's controller, "nic" the management NIC.
+GROUP_MATE_CHOICES = ("none", "usb", "disk", "nic")
 
 # A host name becomes a DNS label, a QEMU process name and a directory name.
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -68,6 +71,7 @@ class HostSpec:
     ssh_port: int = 0
     memory_mib: int = 1024
     cpus: int = 2
+    group_mate: str = "none"
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -75,6 +79,9 @@ class HostSpec:
             raise UsageError(f"unknown IOMMU {self.iommu!r}", f"choose one of {IOMMU_CHOICES}")
         if self.boot not in BOOT_CHOICES:
             raise UsageError(f"unknown boot loader {self.boot!r}", f"choose one of {BOOT_CHOICES}")
+        if self.group_mate not in GROUP_MATE_CHOICES:
+            raise UsageError(f"unknown group mate {self.group_mate!r}",
+                             f"choose one of {GROUP_MATE_CHOICES}")
         if not 1 <= self.gpus <= 8:
             raise UsageError(f"{self.gpus} stand-in GPUs requested", "use 1 to 8 GPUs per host")
         if not 512 <= self.memory_mib <= 65536:
@@ -167,16 +174,25 @@ def qemu_argv(
         "-drive", f"if=pflash,format=raw,unit=1,file={files.ovmf_vars}",
         *iommu,
         "-drive", f"if=none,id=root,format=qcow2,file={files.disk},discard=unmap",
-        "-device", "virtio-blk-pci,drive=root,bootindex=1",
         "-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
-        "-device", "virtio-net-pci,netdev=mgmt",
     ]
+    disk = "virtio-blk-pci,drive=root,bootindex=1"
+    nic = "virtio-net-pci,netdev=mgmt"
+    mate = {"none": None, "usb": "qemu-xhci", "disk": disk, "nic": nic}[spec.group_mate]
+    argv += [arg for device in (disk, nic) if device != mate for arg in ("-device", device)]
     for index in range(spec.gpus):
         port = f"gpu{index}"
         argv += ["-device", f"pcie-root-port,id={port},chassis={index + 1}"]
+        bus, slot = port, "00"
+        if index == 0 and mate:
+            # Behind a PCIe-to-PCI bridge every device shares the bridge's requester id, so
+            # Linux puts them all in one IOMMU group: the card and the mate are inseparable.
+            bus, slot = f"{port}-pci", "01"
+            argv += ["-device", f"pcie-pci-bridge,id={bus},bus={port}",
+                     "-device", f"{mate},bus={bus},addr=02.0"]
         for fn in STAND_IN_GPU_FUNCTIONS:
             extra = ",multifunction=on" if fn["function"] == 0 else ""
-            argv += ["-device", f"{fn['device']},bus={port},addr=00.{fn['function']}{extra}"]
+            argv += ["-device", f"{fn['device']},bus={bus},addr={slot}.{fn['function']}{extra}"]
     argv += [
         "-fw_cfg", f"name=opt/gpuprov/authorized_keys,file={authorized_keys}",
         "-fw_cfg", f"name=opt/gpuprov/hostname,string={spec.name}",
@@ -249,5 +265,6 @@ def inventory(hosts: Iterable[tuple[HostSpec, HostFiles]], private_key: Path) ->
             "gpuprov_lab_iommu": spec.iommu,
             "gpuprov_lab_boot": spec.boot,
             "gpuprov_lab_gpus": spec.gpus,
+            "gpuprov_lab_group_mate": spec.group_mate,
         }
     return {"all": {"children": {"lab": {"hosts": hostvars}}}}

@@ -1,5 +1,6 @@
 """Pure decisions: (facts, what is asked) -> verdicts, changes or refusals. No I/O at all."""
 
+from gpuprov.plan.host_setup import SetupPlan, SetupRefused, choose_gpus, plan_setup, unmet
 from gpuprov.plan.kernel import KernelParams, kernel_params
 from gpuprov.plan.verdict import (
     NEEDS_SETUP,
@@ -14,4 +15,5 @@ from gpuprov.plan.verdict import (
 )
 
 __all__ = ["NEEDS_SETUP", "READY", "UNSAFE", "GpuVerdict", "KernelParams", "Refusal",
-           "gpu_verdict", "gpu_verdicts", "inspect_exit_code", "kernel_params", "select_gpus"]
+           "SetupPlan", "SetupRefused", "choose_gpus", "gpu_verdict", "gpu_verdicts",
+           "inspect_exit_code", "kernel_params", "plan_setup", "select_gpus", "unmet"]

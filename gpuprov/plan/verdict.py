@@ -25,8 +25,17 @@ EXIT_UNSAFE = 20
 EXIT_NO_GPU = 3
 
 
+# What a refusal is about, so a caller can accept exactly the ones the user accepted.
+NO_FIRMWARE_IOMMU = "no-firmware-iommu"
+ROOT_DISK_IN_GROUP = "root-disk-in-group"
+MGMT_NIC_IN_GROUP = "mgmt-nic-in-group"
+SHARED_GROUP = "shared-group"  # accepted by `host setup --accept-shared-group`
+BOOT_VGA = "boot-vga"  # accepted by --yes
+
+
 @dataclass(frozen=True)
 class Refusal:
+    kind: str
     reason: str
     fix: str
     overridable: bool = False  # True: a warning that --yes accepts
@@ -35,7 +44,8 @@ class Refusal:
         return self.reason
 
     def to_json(self) -> dict:
-        return {"reason": self.reason, "fix": self.fix, "overridable": self.overridable}
+        return {"kind": self.kind, "reason": self.reason, "fix": self.fix,
+                "overridable": self.overridable}
 
 
 @dataclass(frozen=True)
@@ -96,8 +106,8 @@ def _no_firmware_iommu(facts: HostFacts) -> Refusal:
         "amd": ("IVRS", "enable AMD-Vi (SVM/IOMMU) in the firmware setup"),
     }.get(facts.cpu_vendor, ("DMAR or IVRS", "enable VT-d / AMD-Vi (SVM/IOMMU) in the firmware "
                                              "setup"))
-    return Refusal(f"the firmware exposes no IOMMU (no ACPI {table} table), so the card "
-                   "cannot be isolated", f"{fix}, then run inspect again")
+    return Refusal(NO_FIRMWARE_IOMMU, f"the firmware exposes no IOMMU (no ACPI {table} table), "
+                   "so the card cannot be isolated", f"{fix}, then run inspect again")
 
 
 def _group_refusals(facts: HostFacts, gpu: Gpu, group: int) -> list[Refusal]:
@@ -106,6 +116,7 @@ def _group_refusals(facts: HostFacts, gpu: Gpu, group: int) -> list[Refusal]:
     root = [a for a in mates if a in facts.root_disk_controllers]
     if root:
         refusals.append(Refusal(
+            ROOT_DISK_IN_GROUP,
             f"IOMMU group {group} of {gpu.slot} holds the root disk's controller "
             f"{', '.join(_describe(facts.device(a), a) for a in root)}: passing the card "
             "through would take the host's root disk with it",
@@ -114,6 +125,7 @@ def _group_refusals(facts: HostFacts, gpu: Gpu, group: int) -> list[Refusal]:
     nic = [a for a in mates if a in facts.mgmt_nic_addresses]
     if nic:
         refusals.append(Refusal(
+            MGMT_NIC_IN_GROUP,
             f"IOMMU group {group} of {gpu.slot} holds the management NIC "
             f"{', '.join(_describe(facts.device(a), a) for a in nic)}"
             + (f" ({facts.mgmt_interface})" if facts.mgmt_interface else "")
@@ -124,10 +136,12 @@ def _group_refusals(facts: HostFacts, gpu: Gpu, group: int) -> list[Refusal]:
               and not (facts.device(a) and facts.device(a).is_bridge)]
     if others:
         refusals.append(Refusal(
+            SHARED_GROUP,
             f"{gpu.slot} shares IOMMU group {group} with devices that are not its functions: "
             f"{', '.join(_describe(facts.device(a), a) for a in others)}",
             "put the card in a slot whose IOMMU group holds only the card (a CPU-attached slot, "
-            "or enable ACS in the firmware setup); a group is passed through whole"))
+            "or enable ACS in the firmware setup); a group is passed through whole, so to give "
+            "these devices to vfio-pci with the card, accept it with --accept-shared-group"))
     return refusals
 
 
@@ -136,6 +150,7 @@ def _boot_vga_warning(facts: HostFacts, gpu: Gpu) -> Refusal:
     others = [g for g in facts.gpus if g.slot != gpu.slot]
     only = " and the only display device" if not others else ""
     return Refusal(
+        BOOT_VGA,
         f"{display.address} is the boot VGA device (the host's console{only}): bound to "
         "vfio-pci it no longer shows the host's console",
         "keep a way in that does not need it (SSH, a serial console or the BMC)"

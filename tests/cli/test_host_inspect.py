@@ -1,5 +1,6 @@
-"""`gpuprov host inspect`: refusals through the installed CLI (none gets as far as a probe), and
-rendering with the stage stubbed by a result parsed from a real lab capture."""
+"""`gpuprov host inspect` (and `host setup`, which starts with it): refusals through the
+installed CLI (none gets as far as a probe), and rendering with the stage stubbed by a result
+parsed from a real lab capture."""
 
 from __future__ import annotations
 
@@ -35,37 +36,50 @@ def _inventory(tmp_path: Path, port: int) -> Path:
     return path
 
 
-def test_bad_address_is_refused_before_any_connection(run_gpuprov):
-    result = run_gpuprov("host", "inspect", "gpu1", "--gpu", "26:zz", check=False)
+# Both verbs gather the same way; setup must refuse exactly as inspect does, before any change.
+VERBS = pytest.mark.parametrize("verb", ["inspect", "setup"])
+
+
+@VERBS
+def test_bad_address_is_refused_before_any_connection(run_gpuprov, verb):
+    result = run_gpuprov("host", verb, "gpu1", "--gpu", "26:zz", check=False)
     _refused(result, 2, "'26:zz' is not a PCI address", "hint: give the GPU as lspci shows it")
 
 
-def test_no_lab_inventory_yet(run_gpuprov, lab_root):
-    result = run_gpuprov("host", "inspect", "pve1", check=False)
+@VERBS
+def test_no_lab_inventory_yet(run_gpuprov, lab_root, verb):
+    result = run_gpuprov("host", verb, "pve1", check=False)
     _refused(result, 3, f"inventory {lab_root}/inventory.yml does not exist", "gpuprov lab up")
 
 
-def test_unknown_host_names_the_inventory_and_its_hosts(run_gpuprov, tmp_path):
+@VERBS
+def test_unknown_host_names_the_inventory_and_its_hosts(run_gpuprov, tmp_path, verb):
     inventory = _inventory(tmp_path, 22)
-    result = run_gpuprov("host", "inspect", "gpu9", "-i", str(inventory), check=False)
+    result = run_gpuprov("host", verb, "gpu9", "-i", str(inventory), check=False)
     _refused(result, 3, f"no host named 'gpu9' in the inventory {inventory}",
              "the hosts there are: gpu1")
 
 
-def test_unreachable_host_names_host_and_port(run_gpuprov, tmp_path):
+@VERBS
+def test_unreachable_host_names_host_and_port(run_gpuprov, tmp_path, verb):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again when the block ends: nothing listens
     (tmp_path / "key").write_text("not used: the connection is refused first\n")
-    result = run_gpuprov("host", "inspect", "gpu1", "-i", str(_inventory(tmp_path, port)),
+    result = run_gpuprov("host", verb, "gpu1", "-i", str(_inventory(tmp_path, port)),
                          check=False)
     _refused(result, 4, f"cannot reach gpu1 over SSH (root@127.0.0.1:{port})",
              f"sshd listens on port {port}")
 
 
-def test_help_documents_the_exit_codes(run_gpuprov):
-    text = " ".join(run_gpuprov("host", "inspect", "--help").stdout.split())
-    for phrase in ("0 every GPU", "10 some need setup", "20 some are unsafe"):
+@pytest.mark.parametrize(("verb", "phrases"), [
+    ("inspect", ("0 every GPU", "10 some need setup", "20 some are unsafe")),
+    ("setup", ("0 done (or nothing to do, or --check)", "20 refused as unsafe (nothing "
+               "changed)", "2 bad input or not confirmed")),
+])
+def test_help_documents_the_exit_codes(run_gpuprov, verb, phrases):
+    text = " ".join(run_gpuprov("host", verb, "--help").stdout.split())
+    for phrase in phrases:
         assert phrase in text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,17 +15,20 @@ pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# lab: the delegated driver itself. intel-grub, amd-systemd-boot: the iommu and vfio roles
-# through playbooks/host_setup.yml, one reboot, testinfra, and an idempotence pass.
-@pytest.mark.parametrize("scenario", ["lab", "intel-grub", "amd-systemd-boot"])
+# The iommu and vfio roles through playbooks/host_setup.yml on lab hosts made by the delegated
+# driver (molecule/resources): one reboot, testinfra, and an idempotence pass.
+@pytest.mark.parametrize("scenario", ["intel-grub", "amd-systemd-boot"])
 def test_molecule_scenario(lab_root, scenario):
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "GPUPROV_LAB_DIR": str(lab_root),
            "PATH": f"{bin_dir}:{os.environ['PATH']}", "ANSIBLE_FORCE_COLOR": "0"}
-    result = subprocess.run([f"{bin_dir}/molecule", "test", "-s", "lab"], cwd=ROOT, env=env,
+    result = subprocess.run([f"{bin_dir}/molecule", "test", "-s", scenario], cwd=ROOT, env=env,
                             capture_output=True, text=True, stdin=subprocess.DEVNULL,
                             timeout=1800, check=False)
-    output = result.stdout + result.stderr
+    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)  # colour, if any
     assert result.returncode == 0, output[-8000:]
-    assert "idempotence" in output or scenario == "lab"
+    # molecule fails the run itself on any changed task in its second converge; this checks
+    # that the pass ran at all and came back clean.
+    assert re.search(rf"{scenario}\W+idempotence", output), output[-8000:]
+    assert re.search(r"ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", output)
     assert not any((lab_root / "hosts").glob("*")), "the scenario left lab hosts behind"

@@ -89,6 +89,27 @@ def test_each_stand_in_gpu_is_two_functions_in_its_own_pcie_slot():
         assert f"ich9-intel-hda,bus={port},addr=00.1" in devices
 
 
+@pytest.mark.parametrize(("mate", "device"), [
+    ("usb", "qemu-xhci"),
+    ("disk", "virtio-blk-pci,drive=root,bootindex=1"),
+    ("nic", "virtio-net-pci,netdev=mgmt"),
+])
+def test_a_group_mate_shares_the_first_gpus_bridge(mate, device):
+    devices = _devices(_argv(group_mate=mate, gpus=2))
+    # Behind one PCIe-to-PCI bridge: one requester id, so one IOMMU group.
+    assert "pcie-pci-bridge,id=gpu0-pci,bus=gpu0" in devices
+    assert f"{device},bus=gpu0-pci,addr=02.0" in devices
+    assert "VGA,bus=gpu0-pci,addr=01.0,multifunction=on" in devices
+    assert "ich9-intel-hda,bus=gpu0-pci,addr=01.1" in devices
+    assert sum(d.startswith(device.split(",")[0]) for d in devices) == 1  # moved, not added
+    assert "VGA,bus=gpu1,addr=00.0,multifunction=on" in devices  # the second GPU is alone
+
+
+def test_unknown_group_mate_is_refused():
+    with pytest.raises(UsageError, match="unknown group mate 'gpu'"):
+        HostSpec(name="a", group_mate="gpu")
+
+
 def test_uefi_q35_and_ssh_only_on_loopback():
     argv = _argv()
     joined = " ".join(argv)

@@ -4,12 +4,11 @@ time (the variation each refusal needs: a device moved into the GPU's group, the
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
 from gpuprov.errors import NotFoundError, UsageError
-from gpuprov.facts import parse_address, parse_host_facts
+from gpuprov.facts import parse_address
 from gpuprov.facts.cmdline import KernelCmdline
 from gpuprov.facts.host import ConfiguredCmdline, HostFacts
 from gpuprov.plan import (
@@ -22,28 +21,12 @@ from gpuprov.plan import (
     kernel_params,
     select_gpus,
 )
-
-FIXTURES = Path(__file__).parent / "fixtures" / "probe"
-
-
-def load(name: str) -> HostFacts:
-    return parse_host_facts((FIXTURES / f"{name}.txt").read_text())
+from tests.unit.probe_facts import load, regroup
 
 
 @pytest.fixture
 def intel() -> HostFacts:
     return load("lab-intel-grub")  # GPU 0000:01:00 alone in group 5
-
-
-def regroup(facts: HostFacts, address: str, group: int) -> HostFacts:
-    """``facts`` with ``address`` moved into IOMMU group ``group``."""
-    groups = {g: tuple(a for a in members if a != address)
-              for g, members in facts.iommu_groups.items()}
-    groups[group] = tuple(sorted((*groups.get(group, ()), address)))
-    devices = tuple(dataclasses.replace(d, iommu_group=group) if d.address == address else d
-                    for d in facts.devices)
-    return dataclasses.replace(facts, iommu_groups={g: m for g, m in groups.items() if m},
-                               devices=devices)
 
 
 def only_verdict(facts: HostFacts):

@@ -1,0 +1,70 @@
+"""`transport.ansible.run_playbook` with real ansible-core (through ansible-runner) against
+localhost over the local connection: changes and their diffs, check mode, failures, progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpuprov.transport.ansible import run_playbook
+
+PLAYBOOK = """\
+- name: Write one file, fail on request
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Write the greeting
+      ansible.builtin.copy:
+        content: "hello {{ who }}\\n"
+        dest: "{{ target }}"
+        mode: "0644"
+    - name: Fail when asked to
+      ansible.builtin.fail:
+        msg: "asked to fail for {{ who }}"
+      when: fail | default(false)
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> tuple[Path, Path]:
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(PLAYBOOK)
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    here:\n      ansible_connection: local\n"
+                         "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
+    return playbook, inventory
+
+
+def test_check_mode_reports_the_diff_and_changes_nothing(project, tmp_path):
+    playbook, inventory = project
+    target = tmp_path / "greeting"
+    started = []
+    result = run_playbook(playbook, inventory=inventory, limit="here", check=True,
+                          extravars={"who": "lab", "target": str(target)},
+                          report=lambda host, task: started.append((host, task)))
+    assert result.ok
+    [change] = result.changes
+    assert (change.host, change.task) == ("here", "Write the greeting")
+    assert "+ hello lab" in "".join(change.diffs)
+    assert not target.exists()
+    assert ("here", "Write the greeting") in started
+
+
+def test_a_real_run_changes_once_then_nothing(project, tmp_path):
+    playbook, inventory = project
+    target = tmp_path / "greeting"
+    variables = {"who": "lab", "target": str(target)}
+    first = run_playbook(playbook, inventory=inventory, limit="here", extravars=variables)
+    assert first.ok and [c.task for c in first.changes] == ["Write the greeting"]
+    assert target.read_text() == "hello lab\n"
+    second = run_playbook(playbook, inventory=inventory, limit="here", extravars=variables)
+    assert second.ok and second.changes == []
+
+
+def test_a_failing_task_is_reported_with_its_message(project, tmp_path):
+    playbook, inventory = project
+    result = run_playbook(playbook, inventory=inventory, limit="here",
+                          extravars={"who": "x", "target": str(tmp_path / "g"), "fail": True})
+    assert not result.ok and result.rc != 0
+    assert result.failures == ["here: Fail when asked to: asked to fail for x"]
