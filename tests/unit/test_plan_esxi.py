@@ -155,7 +155,7 @@ def test_settings_from_inventory_with_environment_overrides():
 @pytest.mark.parametrize(("variables", "message"), [
     ({"vsphere_user": "root"}, "no vSphere password"),
     ({"vsphere_user": "u", "vsphere_password": "p", "vsphere_thumbprint": "xyz"},
-     "not a certificate thumbprint"),
+     "not a certificate fingerprint"),
     ({"vsphere_user": "u", "vsphere_password": "p", "vsphere_port": "0"}, "not a port"),
 ])
 def test_settings_refusals(variables, message):

@@ -11,17 +11,20 @@ allowed), ``vsphere_ca_file``. The environment overrides them: ``GPUPROV_VSPHERE
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpuprov.errors import HostUnreachable, UsageError
-
-_DIGESTS = {40: "sha1", 64: "sha256", 128: "sha512"}
+from gpuprov.hypervisors.settings import picker, port_number
+from gpuprov.transport.tls import (
+    fingerprint,
+    matches,
+    parse_pin,
+    peer_certificate,
+    unverified_context,
+)
 
 
 @dataclass(frozen=True)
@@ -43,27 +46,9 @@ class VsphereSettings:
         return text.replace(self.password, "********") if self.password else text
 
 
-def _pin(text: str) -> str:
-    pin = text.replace(":", "").strip().lower()
-    if len(pin) not in _DIGESTS or any(c not in "0123456789abcdef" for c in pin):
-        raise UsageError(f"vsphere_thumbprint {text!r} is not a certificate thumbprint",
-                         "give the SHA-256 (or SHA-1) fingerprint of the server's certificate in "
-                         "hex, for example from: openssl x509 -noout -fingerprint -sha256")
-    return pin
-
-
 def settings_from(name: str, variables: Mapping, environ: Mapping[str, str]) -> VsphereSettings:
     """The endpoint and login of inventory entry ``name``; the environment wins over the vars."""
-
-    def pick(env: str | None, *names: str) -> str | None:
-        if env and environ.get(env):
-            return environ[env]
-        for var in names:
-            value = variables.get(var)
-            if value not in (None, ""):
-                return str(value)
-        return None
-
+    pick = picker(variables, environ)
     user = pick("GPUPROV_VSPHERE_USER", "vsphere_user")
     password = pick("GPUPROV_VSPHERE_PASSWORD", "vsphere_password")
     if not user or not password:
@@ -72,30 +57,22 @@ def settings_from(name: str, variables: Mapping, environ: Mapping[str, str]) -> 
                          "set vsphere_user and vsphere_password for the host in the inventory "
                          "(a vault keeps the password), or GPUPROV_VSPHERE_USER and "
                          "GPUPROV_VSPHERE_PASSWORD in the environment")
-    port = pick(None, "vsphere_port") or "443"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"vsphere_port {port!r} of {name} is not a port number")
+    port = port_number(pick(None, "vsphere_port") or "443", "vsphere_port", name)
     thumbprint = pick("GPUPROV_VSPHERE_THUMBPRINT", "vsphere_thumbprint")
     ca_file = pick(None, "vsphere_ca_file")
     return VsphereSettings(
-        name=name, host=pick(None, "vsphere_host", "ansible_host") or name, port=int(port),
-        user=user, password=password, thumbprint=_pin(thumbprint) if thumbprint else None,
+        name=name, host=pick(None, "vsphere_host", "ansible_host") or name, port=port,
+        user=user, password=password,
+        thumbprint=parse_pin(thumbprint, "vsphere_thumbprint") if thumbprint else None,
         ca_file=Path(ca_file).expanduser() if ca_file else None)
-
-
-def fingerprint(der: bytes, algorithm: str = "sha256") -> str:
-    return hashlib.new(algorithm, der).hexdigest()
 
 
 def _handshake(settings: VsphereSettings, context: ssl.SSLContext) -> bytes:
     """One TLS handshake with ``context``; the server's certificate (DER)."""
     try:
-        with socket.create_connection((settings.host, settings.port), timeout=15) as raw, \
-                context.wrap_socket(raw, server_hostname=settings.host) as tls:
-            return tls.getpeercert(binary_form=True)
+        return peer_certificate(settings.host, settings.port, context)
     except ssl.SSLCertVerificationError as error:
-        unverified = _unverified()
-        seen = fingerprint(_handshake(settings, unverified))
+        seen = fingerprint(_handshake(settings, unverified_context()))
         raise HostUnreachable(
             f"the certificate of {settings.endpoint} is not trusted: {error.verify_message}",
             f"give its CA with vsphere_ca_file, or pin this certificate with "
@@ -106,14 +83,6 @@ def _handshake(settings: VsphereSettings, context: ssl.SSLContext) -> bytes:
                               f"check vsphere_host/vsphere_port of {settings.name}") from None
 
 
-def _unverified() -> ssl.SSLContext:
-    # Only ever used to read a certificate that is then compared with the pin, or shown.
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def ssl_context(settings: VsphereSettings) -> ssl.SSLContext:
     """A context that verifies the server: against the pin (that certificate and no other),
     else the CA file, else the system's CAs. pyVmomi skips verification for 127.0.0.1 and
@@ -122,9 +91,8 @@ def ssl_context(settings: VsphereSettings) -> ssl.SSLContext:
         context = ssl.create_default_context(
             cafile=str(settings.ca_file) if settings.ca_file else None)
         return context
-    der = _handshake(settings, _unverified())
-    seen = fingerprint(der, _DIGESTS[len(settings.thumbprint)])
-    if not hmac.compare_digest(seen, settings.thumbprint):
+    der = _handshake(settings, unverified_context())
+    if not matches(der, settings.thumbprint):
         raise HostUnreachable(
             f"the certificate of {settings.endpoint} does not match vsphere_thumbprint of "
             f"{settings.name} (it presents {fingerprint(der)} as SHA-256)",
