@@ -58,3 +58,8 @@ def run_gpuprov(lab_root):
     run.argv = [GPUPROV]
     run.env = lab_env
     return run
+
+
+# The `pve_sim` fixture (a simulated Proxmox VE node over HTTPS) for every test package; it is
+# declared here because pytest only honours `pytest_plugins` in the top-level conftest.
+pytest_plugins = ["tests.pvesim.fixtures"]
