@@ -207,3 +207,39 @@ def devices(
         console.print(f"enabled: {address}", highlight=False)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
+
+
+@app.command()
+def mapping(
+    host: Annotated[str, typer.Option("--host", help="Inventory name of the Proxmox VE node.",
+                                      show_default=False)],
+    inventory: InventoryOption = None,
+    create: Annotated[str | None, typer.Option(
+        "--create", help="Map this card (26:00, 0000:26:00.0) on the node, so VMs can use it "
+        "by name, from API tokens too, and move between nodes.", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Id of the mapping to create [default: gpu-BUS-DEVICE].",
+        show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """List the cluster's PCI resource mappings (Proxmox VE); create one for a card."""
+    from gpuprov.facts.pci import parse_address
+    from gpuprov.hypervisors import load_backend
+
+    backend = load_backend("proxmox")
+    with progress() as report:
+        result = backend.mappings(host, inventory, report,
+                                  create=parse_address(create) if create else None, name=name)
+    if as_json:
+        console.print_json(json.dumps(result.to_json()))
+        return
+    table = Table(title=f"PCI resource mappings seen from {result.host} [proxmox]",
+                  title_justify="left")
+    for column in ("id", "description", "map"):
+        table.add_column(column, overflow="fold")
+    for entry in result.mappings:
+        table.add_row(str(entry.get("id")), str(entry.get("description", "")),
+                      "\n".join(str(item) for item in entry.get("map") or []))
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)

@@ -1,0 +1,287 @@
+"""`gpuprov vm passthrough` / `vm mapping` for Proxmox VE through the installed CLI, against the
+project's PVE API simulator (tests/pvesim), which checks every request against the official API
+schema. What the VM became is read from the simulator's state, never from gpuprov's output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpuprov.errors import GpuprovError
+from gpuprov.facts.pci import parse_address
+from gpuprov.hypervisors.base import PassthroughRequest
+from gpuprov.hypervisors.proxmox import ProxmoxBackend
+from tests.unit.test_plan_proxmox import GT1030_RESOURCE, RTX3090_RESOURCE
+
+GT1030, RTX3090, NVME = "26:00", "2d:00", "01:00"
+
+
+def _inventory(sim, tmp_path: Path, **overrides) -> Path:
+    variables = {"ansible_host": "127.0.0.1", "ansible_port": "1",  # no SSH: BARs unread
+                 "pve_api_port": str(sim.port), "pve_node": sim.node,
+                 "pve_ca_file": str(sim.cert_path), **overrides}
+    line = " ".join(f"{k}={v}" for k, v in variables.items() if v is not None)
+    path = tmp_path / "hosts.ini"
+    path.write_text(f"pve1 {line}\n")
+    return path
+
+
+def _root(sim) -> dict:
+    return {"GPUPROV_PVE_USER": "root@pam", "GPUPROV_PVE_PASSWORD": sim.root_password}
+
+
+def _token(sim) -> dict:
+    return {"GPUPROV_PVE_TOKEN": f"{sim.token_id}={sim.token_secret}"}
+
+
+def _gpuprov(run_gpuprov, sim, tmp_path, *args, env, code=0, inventory=None):
+    inventory = inventory or _inventory(sim, tmp_path)
+    result = run_gpuprov("vm", *args, "--host", "pve1", "-i", str(inventory), check=False,
+                         env=env)
+    if code is not None:
+        assert result.returncode == code, f"{result.stdout}\n{result.stderr}"
+    for stream in (result.stdout, result.stderr):
+        assert sim.root_password not in stream, "the password was printed"
+        assert sim.token_secret not in stream, "the token secret was printed"
+    return result
+
+
+def _passthrough(run_gpuprov, sim, tmp_path, *args, env, code=0, inventory=None):
+    return _gpuprov(run_gpuprov, sim, tmp_path, "passthrough", "--hypervisor", "proxmox",
+                    *args, env=env, code=code, inventory=inventory)
+
+
+def _made_vm(sim, vmid: int, **config) -> None:
+    """Scene: a VM that exists before gpuprov runs, made through the API as root."""
+    from proxmoxer import ProxmoxAPI
+
+    api = ProxmoxAPI("127.0.0.1", port=sim.port, user="root@pam", password=sim.root_password,
+                     verify_ssl=str(sim.cert_path))
+    upid = api.nodes(sim.node).qemu.post(vmid=vmid, **config)
+    for _ in range(100):
+        if api.nodes(sim.node).tasks(upid).status.get()["status"] == "stopped":
+            return
+    raise AssertionError(f"creating scene VM {vmid} did not finish")
+
+
+def test_root_password_creates_a_q35_ovmf_vm_with_the_raw_address(run_gpuprov, pve_sim,
+                                                                  tmp_path):
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, "--name", "ml",
+                          "--memory", "16G", "--cores", "8", "--json", env=_root(pve_sim))
+    report = json.loads(result.stdout)
+    vmid = int(report["vm_id"])
+    config = pve_sim.vms[vmid]
+    assert config["machine"] == "q35" and config["bios"] == "ovmf"
+    assert config["hostpci0"] == "host=0000:26:00,pcie=1"
+    assert "efitype=4m" in config["efidisk0"] and "pre-enrolled-keys=0" in config["efidisk0"]
+    assert str(config["balloon"]) == "0" and config["cpu"] == "host"
+    assert str(config["memory"]) == "16384" and str(config["cores"]) == "8"
+    assert config["scsihw"] == "virtio-scsi-single"
+    assert pve_sim.status(vmid) == "running" and report["started"]
+    assert any(note.startswith("raw address") for note in report["notes"])
+    assert any("BARs could not be read" in note for note in report["notes"])
+
+
+def test_a_token_goes_through_a_pci_mapping_it_creates(run_gpuprov, pve_sim, tmp_path):
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, "--no-start",
+                          "--json", env=_token(pve_sim))
+    report = json.loads(result.stdout)
+    config = pve_sim.vms[int(report["vm_id"])]
+    assert config["hostpci0"] == "mapping=gpu-26-00,pcie=1"
+    (entry,) = pve_sim.mappings["gpu-26-00"]["map"]
+    assert "node=pve1" in entry and "path=0000:26:00" in entry and "id=10de:1d01" in entry
+    assert pve_sim.status(int(report["vm_id"])) == "stopped"
+    assert any("only a root@pam password" in note for note in report["notes"])
+
+    # A second card VM through the same mapping is refused: the card is taken.
+    _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, env=_token(pve_sim), code=3)
+
+
+def test_vm_mapping_creates_and_lists(run_gpuprov, pve_sim, tmp_path):
+    created = _gpuprov(run_gpuprov, pve_sim, tmp_path, "mapping", "--create", RTX3090,
+                       "--name", "rtx3090", "--json", env=_token(pve_sim))
+    assert json.loads(created.stdout)["created"] == "rtx3090"
+    assert "path=0000:2d:00" in pve_sim.mappings["rtx3090"]["map"][0]
+    listed = _gpuprov(run_gpuprov, pve_sim, tmp_path, "mapping", env=_token(pve_sim))
+    assert "rtx3090" in listed.stdout
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", RTX3090, "--mapping",
+                          "rtx3090", "--x-vga", "--json", env=_token(pve_sim))
+    config = pve_sim.vms[int(json.loads(result.stdout)["vm_id"])]
+    assert config["hostpci0"] == "mapping=rtx3090,pcie=1,x-vga=1"
+
+
+def test_attach_converts_an_existing_vm_only_when_confirmed(run_gpuprov, pve_sim, tmp_path):
+    _made_vm(pve_sim, 120, name="legacy", memory="4096", scsihw="virtio-scsi-single",
+             scsi0="local-lvm:8")
+    before = dict(pve_sim.vms[120])
+    refused = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, "--vmid", "120",
+                           env=_root(pve_sim), code=3)
+    assert "--convert" in refused.stderr and "bios" in refused.stderr
+    assert pve_sim.vms[120] == before, "a refused conversion changed the VM"
+
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, "--vm", "legacy",
+                          "--convert", "--no-start", "--json", env=_root(pve_sim))
+    report = json.loads(result.stdout)
+    assert report["vm_id"] == "120" and not report["created"]
+    config = pve_sim.vms[120]
+    assert config["machine"] == "q35" and config["bios"] == "ovmf"
+    assert "efidisk0" in config and str(config["balloon"]) == "0"
+    assert config["hostpci0"] == "host=0000:26:00,pcie=1"
+    assert config["scsi0"] == before["scsi0"], "the VM's own disk changed"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--gpu", "0a:00"], "no PCI device at 0000:0a:00"),
+    (["--gpu", NVME], "is not a GPU"),
+    (["--gpu", GT1030, "--storage", "nfs-iso"], "no active storage 'nfs-iso'"),
+    (["--gpu", GT1030, "--mapping", "rtx"], "maps 0000:2d:00 on node pve1, not 0000:26:00"),
+    (["--gpu", GT1030, "--vm", "nosuchvm"], "has no VM 'nosuchvm'"),
+    (["--gpu", GT1030, "--vmid", "110"], "VM 110 already exists"),
+    (["--gpu", GT1030, "--vmid", "111"], "VM 111 is running"),
+    (["--gpu", RTX3090], "already given to VM 111 (hostpci0)"),
+])
+def test_refusals_change_nothing(run_gpuprov, pve_sim, tmp_path, args, message):
+    _made_vm(pve_sim, 111, name="busy", hostpci0="host=0000:2d:00.0", start=1)
+    pve_sim.add_vm("pve2", 110, name="elsewhere")
+    pve_sim.add_mapping("rtx", "node=pve1,path=0000:2d:00,id=10de:2204")
+    vms, mappings = {k: dict(v) for k, v in pve_sim.vms.items()}, dict(pve_sim.mappings)
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, *args, env=_root(pve_sim),
+                          code=None)
+    assert result.returncode in (2, 3), result.stderr
+    assert message in " ".join(result.stderr.split()), result.stderr
+    assert {k: dict(v) for k, v in pve_sim.vms.items()} == vms
+    assert dict(pve_sim.mappings) == mappings
+
+
+def test_a_missing_node_is_named(run_gpuprov, pve_sim, tmp_path):
+    inventory = _inventory(pve_sim, tmp_path, pve_node="pve9")
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, env=_root(pve_sim),
+                          inventory=inventory, code=3)
+    assert "no node 'pve9'" in result.stderr and "pve1" in result.stderr
+
+
+def test_a_failed_start_removes_the_new_vm_unless_kept(run_gpuprov, pve_sim, tmp_path):
+    pve_sim.fail_task("qmstart", "start failed: QEMU exited with code 1")
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, env=_root(pve_sim),
+                          code=1)
+    assert "starting the VM failed" in result.stderr
+    assert "QEMU exited with code 1" in result.stderr  # the task's exit status and log
+    assert pve_sim.vms == {}, "the half-made VM was left behind"
+
+    pve_sim.fail_task("qmstart", "start failed: QEMU exited with code 1")
+    _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, "--keep-on-failure",
+                 env=_root(pve_sim), code=1)
+    (kept,) = pve_sim.vms.values()
+    assert kept["hostpci0"] == "host=0000:26:00,pcie=1"
+
+
+def test_a_failed_attach_puts_the_vm_back(run_gpuprov, pve_sim, tmp_path):
+    _made_vm(pve_sim, 130, name="ready", machine="q35", bios="ovmf",
+             efidisk0="local-lvm:1,efitype=4m,pre-enrolled-keys=0", balloon=0)
+    before = dict(pve_sim.vms[130])
+    pve_sim.fail_task("qmstart", "start failed: QEMU exited with code 1")
+    _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, "--vmid", "130",
+                 env=_root(pve_sim), code=1)
+    after = {k: v for k, v in pve_sim.vms[130].items() if k != "digest"}
+    assert after == {k: v for k, v in before.items() if k != "digest"}
+
+
+def test_logins_and_tls(run_gpuprov, pve_sim, tmp_path):
+    wrong = {**_root(pve_sim), "GPUPROV_PVE_PASSWORD": "not-the-password"}
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, env=wrong, code=4)
+    assert "refused the login of 'root@pam'" in result.stderr
+    assert "not-the-password" not in result.stdout + result.stderr
+    bad_token = {"GPUPROV_PVE_TOKEN": "gpuprov@pve:ci:secret"}
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, env=bad_token,
+                          code=2)
+    assert "USER@REALM!TOKENID=SECRET" in result.stderr
+
+    untrusted = _inventory(pve_sim, tmp_path, pve_ca_file=None)
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, env=_root(pve_sim),
+                          inventory=untrusted, code=4)
+    assert "not trusted" in result.stderr
+    assert "pve_fingerprint=" + pve_sim.fingerprint_sha256 in "".join(result.stderr.split())
+
+    wrong_pin = _inventory(pve_sim, tmp_path, pve_ca_file=None, pve_fingerprint="AB" * 32)
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, env=_token(pve_sim),
+                          inventory=wrong_pin, code=4)
+    assert "does not match pve_fingerprint" in result.stderr
+    assert pve_sim.vms == {}
+
+    pinned = _inventory(pve_sim, tmp_path, pve_ca_file=None,
+                        pve_fingerprint=pve_sim.fingerprint_sha256)
+    for env in (_root(pve_sim), _token(pve_sim)):
+        _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, "--no-start",
+                     env=env, inventory=pinned)
+        (vmid,) = pve_sim.vms
+        pve_sim.remove_vm(vmid)
+
+
+class FakeBarReader:
+    """A fake of reading /sys/bus/pci/devices/*/resource over SSH on the node: the simulator
+    has no SSH, so the files come from the captures in tests/unit/test_plan_proxmox.py."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+
+    def __call__(self, name, inventory, addresses):
+        from gpuprov.plan.proxmox import parse_resource
+
+        return {a: parse_resource(self.files[a]) for a in addresses if a in self.files}
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ("root", {"args": "-fw_cfg name=opt/ovmf/X-PciMmio64Mb,string=131072"}),
+    ("token", {"cpu": "host,phys-bits=host"}),
+])
+def test_a_large_bar_card_gets_a_64bit_mmio_window(pve_sim, tmp_path, monkeypatch, env,
+                                                    expected):
+    for key, value in (_root(pve_sim) if env == "root" else _token(pve_sim)).items():
+        monkeypatch.setenv(key, value)
+    bars = FakeBarReader({"0000:2d:00.0": RTX3090_RESOURCE, "0000:26:00.0": GT1030_RESOURCE})
+    backend = ProxmoxBackend(read_bars=bars)
+    request = PassthroughRequest(host="pve1", gpu=parse_address(RTX3090),
+                                 inventory=_inventory(pve_sim, tmp_path), start=False)
+    result = backend.passthrough(request, lambda subject, message: None,
+                                 lambda question, changes: False)
+    config = pve_sim.vms[int(result.vm_id)]
+    for key, value in expected.items():
+        assert config[key] == value
+    assert any("do not fit OVMF's default" in note for note in result.notes)
+
+    small = PassthroughRequest(host="pve1", gpu=parse_address(GT1030),
+                               inventory=_inventory(pve_sim, tmp_path), start=False)
+    result = backend.passthrough(small, lambda subject, message: None,
+                                 lambda question, changes: False)
+    config = pve_sim.vms[int(result.vm_id)]
+    assert "args" not in config and config["cpu"] == "host"
+    with pytest.raises(GpuprovError, match="already given"):
+        backend.passthrough(small, lambda subject, message: None,
+                            lambda question, changes: False)
+
+
+def test_a_card_without_an_iommu_group_is_refused(run_gpuprov, pve_sim, tmp_path):
+    # Scene: the node booted without the IOMMU, as PVE then lists every device in group -1.
+    for device in pve_sim.cluster.nodes[pve_sim.node].pci_devices:
+        device["iommugroup"] = -1
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, env=_root(pve_sim),
+                          code=3)
+    assert "reports no IOMMU group for 0000:26:00.0" in " ".join(result.stderr.split())
+    assert "gpuprov host setup pve1" in result.stderr
+    assert pve_sim.vms == {}
+
+
+def test_a_token_that_may_not_create_mappings_is_told_which_privilege(run_gpuprov, tmp_path):
+    from tests.pvesim.cluster import DEFAULT_TOKEN_PRIVILEGES
+    from tests.pvesim.server import PveSimulator
+
+    user_only = frozenset(DEFAULT_TOKEN_PRIVILEGES - {"Mapping.Modify"})
+    with PveSimulator(users={"ops@pve": (None, user_only)},
+                      tokens={"ops@pve!use": ("s3cret-0ps-token", user_only)}) as sim:
+        result = _passthrough(run_gpuprov, sim, tmp_path, "--gpu", GT1030,
+                              env={"GPUPROV_PVE_TOKEN": "ops@pve!use=s3cret-0ps-token"}, code=1)
+        assert "Mapping.Modify" in result.stderr
+        assert "s3cret-0ps-token" not in result.stdout + result.stderr
+        assert sim.vms == {} and sim.mappings == {}
