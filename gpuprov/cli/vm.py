@@ -86,19 +86,22 @@ def passthrough(
         "--memory", help="Memory of a new VM (8G, 8192 = MiB); all of it is pinned.")] = "8G",
     disk: Annotated[str, typer.Option("--disk", help="System disk of a new VM (32G).")] = "32G",
     storage: Annotated[str | None, typer.Option(
-        "--storage", help="Proxmox storage / ESXi datastore for the new VM's disks.",
+        "--storage", help="Proxmox storage / ESXi datastore / libvirt pool for the new VM's "
+        "disks.",
         show_default=False)] = None,
     iso: Annotated[str | None, typer.Option(
         "--iso", help="Installer ISO, as the hypervisor names it "
-        "(local:iso/debian.iso, [datastore1] iso/debian.iso).", show_default=False)] = None,
+        "(local:iso/debian.iso, [datastore1] iso/debian.iso, a path on a libvirt host).",
+        show_default=False)] = None,
     mapping: Annotated[str | None, typer.Option(
         "--mapping", help="Proxmox: use (or create) this PCI resource mapping.",
         show_default=False)] = None,
     x_vga: Annotated[bool, typer.Option(
         "--x-vga", help="Make the card the VM's primary display.")] = False,
     hide_hypervisor: Annotated[bool, typer.Option(
-        "--hide-hypervisor", help="ESXi: hypervisor.cpuid.v0=FALSE, for consumer cards whose "
-        "driver refuses to run in a VM (can break vSphere 7 guests).")] = False,
+        "--hide-hypervisor", help="ESXi: hypervisor.cpuid.v0=FALSE (can break vSphere 7 "
+        "guests); libvirt: KVM hidden; for consumer cards whose driver refuses to run in a "
+        "VM.")] = False,
     start: Annotated[bool, typer.Option("--start/--no-start",
                                         help="Start the VM afterwards.")] = True,
     keep_on_failure: Annotated[bool, typer.Option(
@@ -109,7 +112,8 @@ def passthrough(
         "asking.")] = False,
     option: Annotated[list[str] | None, typer.Option(
         "--option", "-o", help="Backend-specific KEY=VALUE (esxi: datacenter, cluster, "
-        "esx_host); repeatable.", show_default=False)] = None,
+        "esx_host; libvirt: kernel, initrd, cmdline, network, bridge); repeatable.",
+        show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Create a q35/UEFI VM with the GPU passed through, or give the GPU to an existing VM."""
