@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
   gdisk dosfstools mtools e2fsprogs         # its disk: GPT, ESP (no loop devices), ext4 root
   openssh-client                            # ssh-keygen and `gpuprov lab ssh`
   python3-venv
+  cpio                                      # reads the nested guest's initramfs in a unit test
   golang-go golang-github-vmware-govmomi-dev  # vcsim for tests/esxi: built from tests/vcsim/
 )
 
