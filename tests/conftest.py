@@ -57,7 +57,10 @@ def run_gpuprov(lab_root):
     # For tests that start gpuprov themselves (several at once, with Popen).
     run.argv = [GPUPROV]
     run.env = lab_env
-    return run
+    yield run
+    # Whatever a failed test left running goes now, not at the end of the session: under
+    # software emulation a stray host would slow, and so break, the tests after it.
+    run("lab", "destroy", "--all", check=False)
 
 
 # The `pve_sim` fixture (a simulated Proxmox VE node over HTTPS) for every test package; it is

@@ -29,7 +29,16 @@ import yaml
 
 from gpuprov.errors import EnvironmentProblem, LabFailure, NotFoundError, UsageError
 from gpuprov.lab.image import BUILD_SPACE, ImageCache
-from gpuprov.lab.spec import GIB, HostFiles, HostSpec, inventory, process_name, qemu_argv
+from gpuprov.lab.spec import (
+    GIB,
+    START_MARKER,
+    HostFiles,
+    HostSpec,
+    boot_failure,
+    inventory,
+    process_name,
+    qemu_argv,
+)
 from gpuprov.transport import ssh
 
 FIRST_SSH_PORT = 2222
@@ -324,7 +333,7 @@ class Lab:
         argv = qemu_argv(spec, files, qemu=tools.qemu, ovmf_code=tools.ovmf_code,
                          authorized_keys=self.private_key.with_suffix(".pub"))
         with open(files.console_log, "a") as log:
-            log.write(f"\n===== gpuprov lab: starting {spec.name} at {time.ctime()} =====\n")
+            log.write(f"\n{START_MARKER} {spec.name} at {time.ctime()} =====\n")
         # -daemonize returns once QEMU has set up every device, so a bad argument or a port
         # grabbed since we checked is reported here, synchronously.
         result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
@@ -347,7 +356,7 @@ class Lab:
             started = time.monotonic()
             try:
                 ssh.wait_until_ready(self.ssh_target(spec.name), deadline=deadline,
-                                     still_running=lambda: self.pid(spec.name) is not None,
+                                     why_down=lambda: self._why_down(spec.name),
                                      trust_on_first_use=True)
             except ssh.SshUnavailable as error:
                 failures[spec.name] = error.message
@@ -366,6 +375,15 @@ class Lab:
             logs = ", ".join(str(self.files(n).console_log) for n in sorted(failures))
             raise LabFailure(f"lab host(s) did not come up and were stopped: {lines}",
                              f"the serial console log says why: {logs}")
+
+    def _why_down(self, name: str) -> str | None:
+        if self.pid(name) is None:
+            return "QEMU exited"
+        try:
+            console = self.files(name).console_log.read_text(errors="replace")
+        except OSError:
+            return None
+        return boot_failure(console)
 
     def _kill(self, name: str) -> None:
         pid = self.pid(name)

@@ -33,6 +33,10 @@ STAND_IN_GPU_FUNCTIONS = (
      "driver": "snd_hda_intel"},
 )
 
+# Written into a host's console log before each start, so a boot's own output can be told apart.
+START_MARKER = "===== gpuprov lab: starting"
+_PANIC_RE = re.compile(r"Kernel panic - not syncing: ([^\r\n]*)")
+
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 SECTOR = 512
@@ -268,3 +272,14 @@ def inventory(hosts: Iterable[tuple[HostSpec, HostFiles]], private_key: Path) ->
             "gpuprov_lab_group_mate": spec.group_mate,
         }
     return {"all": {"children": {"lab": {"hosts": hostvars}}}}
+
+
+def boot_failure(console_log: str) -> str | None:
+    """Why the latest boot in a host's console log cannot reach SSH any more, or None.
+
+    Only a kernel panic is certain: the kernel stops for good, waiting longer does not help.
+    """
+    latest = console_log[console_log.rfind(START_MARKER):] if START_MARKER in console_log \
+        else console_log
+    panic = _PANIC_RE.search(latest)
+    return f"the kernel panicked ({panic.group(1).strip(' -')})" if panic else None

@@ -93,19 +93,19 @@ def wait_until_ready(
     target: SshTarget,
     *,
     deadline: float,
-    still_running: Callable[[], bool],
+    why_down: Callable[[], str | None],
     trust_on_first_use: bool = False,
     interval: float = 2,
 ) -> None:
     """Block until an authenticated command runs on ``target``.
 
     Raises SshUnavailable when ``deadline`` (a ``time.monotonic()`` value) passes or as soon as
-    ``still_running()`` says the machine behind the target is gone.
+    ``why_down()`` gives a reason the machine behind the target cannot answer any more.
     """
     last_error = "no answer yet"
     while time.monotonic() < deadline:
-        if not still_running():
-            raise SshUnavailable(f"the machine stopped before SSH answered ({last_error})")
+        if reason := why_down():
+            raise SshUnavailable(f"{reason} before SSH answered ({last_error})")
         try:
             client = connect(target, trust_on_first_use=trust_on_first_use, timeout=10)
         except SshUnavailable as error:

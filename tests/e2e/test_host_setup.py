@@ -84,9 +84,10 @@ def _up_together(run_gpuprov, hosts: dict[str, list[str]]) -> None:
         [*run_gpuprov.argv, "lab", "up", name, *options], env=run_gpuprov.env,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for name, options in hosts.items()}
+    # Wait for every one before judging any, so none is still booting when the test fails.
+    outputs = {name: process.communicate(timeout=1800)[0] for name, process in processes.items()}
     for name, process in processes.items():
-        output, _ = process.communicate(timeout=1800)
-        assert process.returncode == 0, f"lab up {name}:\n{output}"
+        assert process.returncode == 0, f"lab up {name}:\n{outputs[name]}"
 
 
 REFUSAL_HOSTS = {

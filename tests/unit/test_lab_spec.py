@@ -10,6 +10,7 @@ from gpuprov.lab.spec import (
     MIB,
     HostFiles,
     HostSpec,
+    boot_failure,
     disk_layout,
     inventory,
     qemu_argv,
@@ -153,3 +154,21 @@ def test_inventory_names_every_host_with_its_own_port_and_pinned_host_key():
     assert hosts["b"]["gpuprov_lab_iommu"] == "amd"
     assert hosts["a"]["ansible_ssh_private_key_file"] == "/lab/id_ed25519"
     assert "UserKnownHostsFile=/lab/hosts/a/known_hosts" in hosts["a"]["ansible_ssh_common_args"]
+
+
+# An excerpt (escape codes of the GRUB menu removed) of a lab host's console from a CI run where
+# four hosts booted at once under software emulation.
+TIMER_PANIC = (Path(__file__).parent / "fixtures/lab/console-timer-panic.log").read_text()
+
+
+def test_a_kernel_panic_is_a_boot_failure_worth_no_more_waiting():
+    assert boot_failure(TIMER_PANIC) == (
+        "the kernel panicked (timer doesn't work through Interrupt-remapped IO-APIC)")
+
+
+def test_only_the_latest_boot_counts():
+    rebooted = (TIMER_PANIC
+                + "===== gpuprov lab: starting rf-nic at Mon Nov 23 15:00:00 2026 =====\n"
+                + "[    1.234567] Run /init as init process\n")
+    assert boot_failure(rebooted) is None
+    assert boot_failure("") is None
