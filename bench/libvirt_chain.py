@@ -3,7 +3,8 @@ VM whose guest sees the card.
 
     .venv/bin/python bench/libvirt_chain.py
 
-Stages: `gpuprov lab up` -> `gpuprov host setup` (IOMMU on, card on vfio-pci, one reboot) ->
+Stages: `gpuprov lab up --after host-setup` (IOMMU on, card on vfio-pci, one reboot: the
+cached result, or on a miss the stage run for real and cached; GPUPROV_LAB_COLD=1 always runs it) ->
 the tiny nested guest's kernel and initramfs put on the host -> `gpuprov vm passthrough
 --hypervisor libvirt` (installs libvirt, defines and starts a q35/OVMF domain with the card) ->
 the nested guest boots and prints the PCI devices it sees. Everything runs under software

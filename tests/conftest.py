@@ -1,5 +1,5 @@
 """Shared test plumbing: the real `gpuprov` CLI in a private lab directory, and a guarantee that
-no QEMU started by the tests outlives the session, whatever failed."""
+no lab host outlives its test, nor any QEMU the session, whatever failed."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from gpuprov.lab.hosts import Lab
+
 GPUPROV = str(Path(sys.executable).with_name("gpuprov"))
 
 
-def qemu_pids_under(directory: Path) -> list[int]:
-    """Pids of processes whose command line mentions ``directory`` (our lab's QEMUs)."""
+def qemu_pids_under(directory: Path, program: bytes = b"qemu-system") -> list[int]:
+    """Pids of ``program`` processes whose command line mentions ``directory`` (our lab's
+    QEMUs, or with ``program=b"gpuprov.lab.supervisor"`` their supervisors)."""
     needle = str(directory).encode()
     pids = []
     for proc in Path("/proc").iterdir():
@@ -25,7 +28,7 @@ def qemu_pids_under(directory: Path) -> list[int]:
                 cmdline = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if needle in cmdline and b"qemu-system" in cmdline:
+            if needle in cmdline and program in cmdline:
                 pids.append(int(proc.name))
     return pids
 
@@ -35,7 +38,7 @@ def lab_root(tmp_path_factory) -> Path:
     # Short: QEMU's control sockets live under it and Unix socket paths are limited.
     root = tmp_path_factory.mktemp("lab")
     yield root
-    for pid in qemu_pids_under(root):
+    for pid in qemu_pids_under(root, b"gpuprov.lab.supervisor") + qemu_pids_under(root):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -60,7 +63,8 @@ def run_gpuprov(lab_root):
     yield run
     # Whatever a failed test left running goes now, not at the end of the session: under
     # software emulation a stray host would slow, and so break, the tests after it.
-    run("lab", "destroy", "--all", check=False)
+    if Lab(lab_root).names():
+        run("lab", "destroy", "--all", check=False)
 
 
 # The `pve_sim` fixture (a simulated Proxmox VE node over HTTPS) for every test package; it is

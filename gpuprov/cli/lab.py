@@ -26,6 +26,10 @@ def _lab():
     return Lab()
 
 
+def _stage_names() -> list[str]:
+    return ["host-setup"]  # gpuprov.stages.snapshots.STAGES, named here to keep --help fast
+
+
 def _choice(value: str | None, choices: tuple[str, ...], flag: str) -> str | None:
     if value is not None and value not in choices:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=flag)
@@ -50,12 +54,32 @@ def up(
     ssh_port: Annotated[int | None, typer.Option(
         help="Loopback SSH port of the first new host (the next hosts take the next ports) "
              "[default: the first free port from 2222]")] = None,
+    cold: Annotated[bool, typer.Option(
+        "--cold",
+        help="Boot from scratch: resume no checkpoint and store none "
+             "[env: GPUPROV_LAB_COLD=1]")] = False,
+    after: Annotated[str | None, typer.Option(
+        "--after", metavar="STAGE",
+        help="Start from the cached result of running STAGE on this kind of host "
+             f"({', '.join(_stage_names())}); on a miss the stage runs for real, is verified "
+             "and cached")] = None,
 ) -> None:
-    """Build the image if needed, boot hosts in parallel, return when SSH answers on all."""
+    """Build the image if needed, start hosts in parallel, return when SSH answers on all.
+
+    A new host resumes the cached checkpoint of its kind (image, IOMMU, boot loader, GPUs,
+    group mate, memory, CPUs) in seconds; the first of its kind boots and is checkpointed."""
     names = validate_names(names or ["lab1"])
+    stage = None
+    if after is not None:
+        from gpuprov.stages.snapshots import STAGES
+
+        stage = STAGES.get(after)
+        if stage is None:
+            raise typer.BadParameter(f"{after!r} is not one of {', '.join(STAGES)}",
+                                     param_hint="--after")
     lab = _lab()
     with progress() as report:
-        lab.up(names, report=report, ssh_port=ssh_port,
+        lab.up(names, report=report, ssh_port=ssh_port, cold=cold, after=stage,
                iommu=_choice(iommu, IOMMU_CHOICES, "--iommu"),
                boot=_choice(boot, BOOT_CHOICES, "--boot"),
                gpus=gpus, memory_mib=memory, cpus=cpus,
@@ -122,6 +146,47 @@ def inventory() -> None:
     lab = _lab()
     lab.write_inventory()
     console.print(str(lab.inventory_file), highlight=False)
+
+
+@app.command()
+def cache(
+    prune: Annotated[bool, typer.Option("--prune", help="Remove every checkpoint.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """List the cached checkpoints (booted hosts and stage results) and their sizes."""
+    checkpoints = _lab().checkpoints
+    if prune:
+        count, freed = checkpoints.prune()
+        err_console.print(f"removed {count} checkpoint(s), {freed / 2**20:.0f} MiB freed")
+        return
+    entries = checkpoints.entries()
+    if as_json:
+        console.print_json(json.dumps([{
+            "key": e.key, "kind": e.meta.get("kind"), "spec": e.meta.get("spec"),
+            "bytes": e.size, "last_used": e.last_used, "dir": str(e.dir)} for e in entries]))
+        return
+    table = Table("key", "kind", "host shape", "size", "last used",
+                  title=f"{checkpoints.root} (cap {checkpoints.cap / 2**30:.0f} GiB)",
+                  title_justify="left")
+    for e in entries:
+        spec = e.meta.get("spec", {})
+        shape = ", ".join(f"{k}={spec[k]}" for k in ("iommu", "boot", "gpus", "group_mate",
+                                                      "memory_mib", "cpus") if k in spec)
+        table.add_row(e.key, e.meta.get("kind", "?"), shape, f"{e.size / 2**20:.0f} MiB",
+                      _ago(e.last_used))
+    console.print(table)
+    total = sum(e.size for e in entries)
+    err_console.print(f"{len(entries)} checkpoint(s), {total / 2**20:.0f} MiB")
+
+
+def _ago(when: float) -> str:
+    import time
+
+    seconds = max(time.time() - when, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
 
 
 def _print_table(lab, names: list[str]) -> None:

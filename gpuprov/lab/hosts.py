@@ -6,39 +6,55 @@ All state lives under one directory (``$GPUPROV_LAB_DIR``, default
     id_ed25519, id_ed25519.pub   the key every lab host trusts for root
     inventory.yml                Ansible inventory of every lab host, rewritten on each change
     hosts/<name>/                host.json, disk.qcow2 (overlay on the cached image),
-                                 OVMF_VARS.fd, console.log, known_hosts, qemu.pid, qmp.sock
+                                 OVMF_VARS.fd, console.log, known_hosts, launch.json,
+                                 supervisor.pid/.log/.sock, qemu.pid/.log, qmp.sock
+    failures/<name>-<when>/      the console, registers and command line of every boot that
+                                 failed or had to be recovered; kept after the host is gone
+
+Each running host is a supervisor process (``gpuprov.lab.supervisor``) and its QEMU. A new host
+resumes the cached checkpoint of its machine shape when there is one (``checkpoints.py``),
+in a second or two; otherwise it boots, and is then checkpointed for the next time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 
 from gpuprov.errors import EnvironmentProblem, LabFailure, NotFoundError, UsageError
+from gpuprov.lab.checkpoints import CheckpointCache, Entry
 from gpuprov.lab.image import BUILD_SPACE, ImageCache
+from gpuprov.lab.qmp import Qmp, QmpError
 from gpuprov.lab.spec import (
     GIB,
     START_MARKER,
     HostFiles,
     HostSpec,
-    boot_failure,
+    checkpoint_blocker,
     inventory,
-    process_name,
+    machine_key,
     qemu_argv,
+    stage_key,
 )
+from gpuprov.lab.supervisor import LOG_FILE, Launch
 from gpuprov.transport import ssh
 
 FIRST_SSH_PORT = 2222
@@ -47,6 +63,9 @@ SPACE_PER_HOST = 2 * GIB
 DEFAULT_BOOT_TIMEOUT = 900
 # Unix socket paths are limited to 108 bytes by the kernel.
 _MAX_SOCKET_PATH = 107
+# A power-on whose firmware writes nothing to the console for this long is power-cycled.
+FIRMWARE_TIMEOUT = 180
+_SUPERVISOR = "gpuprov.lab.supervisor"
 
 Report = Callable[[str, str], None]
 """``report(subject, message)``: progress for one subject (a host name, or "image")."""
@@ -76,6 +95,14 @@ class Tools:
         vars_ = _firmware("GPUPROV_OVMF_VARS", "/usr/share/OVMF/OVMF_VARS_4M.fd")
         return cls(qemu, qemu_img, code, vars_)
 
+    def fingerprint(self) -> dict[str, str]:
+        """What of these tools a checkpoint depends on: QEMU's version, the firmware's bytes."""
+        version = subprocess.run([self.qemu, "--version"], capture_output=True, text=True,
+                                 check=False, stdin=subprocess.DEVNULL).stdout.splitlines()
+        digest = hashlib.sha256(self.ovmf_code.read_bytes() + self.ovmf_vars.read_bytes())
+        return {"qemu_version": version[0] if version else "unknown",
+                "firmware": digest.hexdigest()[:16]}
+
 
 def _program(env: str, default: str, package: str) -> str:
     wanted = os.environ.get(env, default)
@@ -99,12 +126,65 @@ def _firmware(env: str, default: str) -> Path:
     return path
 
 
+class StageSnapshot(Protocol):
+    """A stage whose result ``lab up --after`` can start from (``gpuprov.stages.snapshots``)."""
+
+    name: str
+
+    def inputs(self) -> dict:
+        """Digests of everything that makes the stage's change: playbook, roles, variables."""
+
+    def run(self, lab: Lab, host: str, report: Report) -> dict:
+        """Run the stage for real on lab host ``host`` and verify it; what to record."""
+
+
+@dataclass
+class _Boot:
+    """How one host of a ``lab up`` starts, and what it is checkpointed as afterwards."""
+
+    spec: HostSpec
+    image: Path
+    base_key: str | None = None  # None: --cold, no checkpoints read or written
+    stage_key: str | None = None
+    entry: Entry | None = None  # the checkpoint it resumes; None: it boots
+
+    @property
+    def resumes_stage(self) -> bool:
+        return self.entry is not None and self.entry.key == self.stage_key
+
+
+# Run on a host resumed from a checkpoint: it is a copy of another host, so it takes its own
+# name, SSH host keys, machine-id, root login key and the current time. The host keys are
+# made here, natively: generating an RSA key under software emulation takes seconds.
+_IDENTITY_SCRIPT = """set -eu
+date -s @{now:.3f} >/dev/null
+echo {name} > /etc/hostname
+sed -i '/^127\\.0\\.1\\.1[[:space:]]/d' /etc/hosts
+printf '127.0.1.1\\t%s\\n' {name} >> /etc/hosts
+hostname {name}
+tr -d - < /proc/sys/kernel/random/uuid > /etc/machine-id
+install -d -m 0700 /root/.ssh
+printf '%s\\n' '{authorized_key}' > /root/.ssh/authorized_keys.gpuprov
+chmod 0600 /root/.ssh/authorized_keys.gpuprov
+mv /root/.ssh/authorized_keys.gpuprov /root/.ssh/authorized_keys
+rm -f /etc/ssh/ssh_host_*
+umask 077
+{host_keys}
+chmod 0644 /etc/ssh/ssh_host_*_key.pub
+systemctl reload ssh
+"""
+HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+
+
 class Lab:
-    def __init__(self, root: Path | None = None, cache: ImageCache | None = None) -> None:
+    def __init__(self, root: Path | None = None, cache: ImageCache | None = None,
+                 checkpoints: CheckpointCache | None = None) -> None:
         self.root = root or default_lab_dir()
         self.cache = cache or ImageCache()
+        self.checkpoints = checkpoints or CheckpointCache(self.cache.root / "checkpoints")
         self.private_key = self.root / "id_ed25519"
         self.inventory_file = self.root / "inventory.yml"
+        self.failures_dir = self.root / "failures"
 
     # -- reading state ---------------------------------------------------------------------
 
@@ -126,18 +206,17 @@ class Lab:
         return HostSpec.from_json(json.loads(files.spec.read_text()))
 
     def pid(self, name: str) -> int | None:
-        """The pid of this host's QEMU if it is running (checked, not just read from a file)."""
+        """The pid of this host's supervisor if it runs (checked, not just read from a file).
+
+        The supervisor lives as long as the host, across the QEMU processes of its reboots.
+        """
         files = self.files(name)
-        try:
-            pid = int(files.pidfile.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return None
-        # A stale pidfile may name a recycled pid: only a QEMU running this host's disk counts.
-        ours = process_name(name).encode() in b" ".join(cmdline) and any(
-            str(files.disk).encode() in arg for arg in cmdline
-        )
-        return pid if ours else None
+        return _running(files.supervisor_pidfile, [_SUPERVISOR.encode(), str(files.dir).encode()])
+
+    def qemu_pid(self, name: str) -> int | None:
+        """The pid of the QEMU running this host right now, if any."""
+        files = self.files(name)
+        return _running(files.pidfile, [b"qemu-system", str(files.disk).encode()])
 
     def status(self, name: str) -> dict:
         spec = self.spec(name)
@@ -173,16 +252,23 @@ class Lab:
     # -- changing state ----------------------------------------------------------------------
 
     def up(self, names: list[str], *, report: Report, ssh_port: int | None = None,
-           **options) -> list[str]:
+           cold: bool = False, after: StageSnapshot | None = None, **options) -> list[str]:
         """Create (or restart) ``names`` and return once every one answers SSH.
 
         ``options`` are HostSpec fields (iommu, boot, gpus, memory_mib, cpus); None means
         "the stored value, or the default". Everything is checked before anything changes.
+        A new host resumes the cached checkpoint of its shape (or, with ``after``, of its
+        shape after that stage) unless ``cold``; a host that had to boot is checkpointed.
         """
         options = {k: v for k, v in options.items() if v is not None}
+        cold = cold or os.environ.get("GPUPROV_LAB_COLD", "") not in ("", "0")
         with self._locked():
             existing = set(self.names())
             specs = self._plan_specs(names, existing, ssh_port, options)
+            if after and (old := sorted(existing & set(names))):
+                raise UsageError(f"--after {after.name} applies only to new hosts, and "
+                                 f"{', '.join(old)} exists already",
+                                 f"destroy it first (gpuprov lab destroy {' '.join(old)})")
             tools = Tools.find()
             to_start = [s for s in specs if not self.pid(s.name)]
             for spec in specs:
@@ -196,15 +282,27 @@ class Lab:
                                        lambda message: report("image", message))
             report("image", "ready")
             self._ensure_key()
+            fingerprint = tools.fingerprint() if not cold else {}
+            boots = []
             for spec in to_start:
+                boot = _Boot(spec, images[spec.boot])
                 if spec.name not in existing:
-                    self._create(spec, images[spec.boot], tools)
+                    self._create(spec, boot.image, tools)
                     report(spec.name, "created")
+                    blocker = None if cold else checkpoint_blocker(spec)
+                    if blocker:
+                        report(spec.name, f"booting, no checkpoint: {blocker}")
+                    elif not cold:
+                        self._choose_checkpoint(boot, fingerprint, after)
+                boots.append(boot)
             self.write_inventory()
-            for spec in to_start:
-                self._start(spec, tools)
-                report(spec.name, f"booting (SSH on 127.0.0.1:{spec.ssh_port})")
-        self._wait_all(to_start, report)
+            for boot in boots:
+                self._start_or_boot(boot, tools, report)
+        self._wait_all(boots, report)
+        if after:
+            for boot in boots:
+                if not boot.resumes_stage:
+                    self._run_stage(boot, after, report)
         return names
 
     def down(self, name: str, *, timeout: float = 180) -> bool:
@@ -213,8 +311,8 @@ class Lab:
         pid = self.pid(name)
         if not pid:
             return False
-        with contextlib.suppress(OSError):
-            _qmp(self.files(name).qmp_socket, "system_powerdown")
+        with contextlib.suppress(OSError, QmpError), Qmp(self.files(name).qmp_socket) as qmp:
+            qmp.execute("system_powerdown")
         if not _wait_gone(pid, timeout):
             self._kill(name)
         return True
@@ -225,6 +323,23 @@ class Lab:
         self._kill(name)
         shutil.rmtree(self.files(name).dir)
         self.write_inventory()
+
+    def checkpoint(self, name: str, key: str, meta: dict) -> Entry:
+        """Store running host ``name`` in the checkpoint cache under ``key``; it runs on.
+
+        Its root account trusts the cache's key for the instant of the checkpoint, so that a
+        host resumed from it in any lab can be reached once and given that lab's key.
+        """
+        cache_key = self.checkpoints.ensure_key().with_suffix(".pub").read_text().strip()
+        with ssh.connect(self.ssh_target(name)) as client:
+            _checked(client, "cat >> /root/.ssh/authorized_keys", stdin=cache_key + "\n")
+        try:
+            return self.checkpoints.store(key, {**meta, "spec": self.spec(name).to_json()},
+                                          self.files(name).qmp_socket, self.files(name))
+        finally:
+            with ssh.connect(self.ssh_target(name)) as client:
+                _checked(client, "sed -i '/ gpuprov-lab-checkpoints$/d' "
+                                 "/root/.ssh/authorized_keys")
 
     def write_inventory(self) -> None:
         pairs = [(self.spec(n), self.files(n)) for n in self.names()]
@@ -300,12 +415,13 @@ class Lab:
 
     def _check_socket_paths(self, specs: list[HostSpec]) -> None:
         for spec in specs:
-            sock = self.files(spec.name).qmp_socket
-            if len(str(sock)) > _MAX_SOCKET_PATH:
-                raise EnvironmentProblem(
-                    f"the lab directory's path is too long for a control socket: {sock}",
-                    "use a shorter $GPUPROV_LAB_DIR",
-                )
+            files = self.files(spec.name)
+            for sock in (files.qmp_socket, files.supervisor_socket):
+                if len(str(sock)) > _MAX_SOCKET_PATH:
+                    raise EnvironmentProblem(
+                        f"the lab directory's path is too long for a control socket: {sock}",
+                        "use a shorter $GPUPROV_LAB_DIR",
+                    )
 
     def _ensure_key(self) -> None:
         if self.private_key.exists():
@@ -317,55 +433,121 @@ class Lab:
         files = self.files(spec.name)
         files.dir.mkdir(parents=True)
         try:
+            self._fresh_disk(files, image, tools)
+        except LabFailure:
+            shutil.rmtree(files.dir)
+            raise
+        files.spec.write_text(json.dumps(spec.to_json(), indent=2) + "\n")
+
+    @staticmethod
+    def _fresh_disk(files: HostFiles, image: Path, tools: Tools) -> None:
+        """A blank overlay on the base image and the firmware's stock UEFI variables."""
+        files.disk.unlink(missing_ok=True)
+        try:
             subprocess.run([tools.qemu_img, "create", "-q", "-f", "qcow2", "-F", "raw",
                             "-b", str(image), str(files.disk)], check=True,
                            capture_output=True, text=True)
         except subprocess.CalledProcessError as error:
-            shutil.rmtree(files.dir)
-            raise LabFailure(f"could not create {spec.name}'s disk: {error.stderr.strip()}") \
-                from error
+            raise LabFailure(f"could not create {files.dir.name}'s disk: "
+                             f"{error.stderr.strip()}") from error
         shutil.copyfile(tools.ovmf_vars, files.ovmf_vars)
-        files.spec.write_text(json.dumps(spec.to_json(), indent=2) + "\n")
 
-    def _start(self, spec: HostSpec, tools: Tools) -> None:
+    def _choose_checkpoint(self, boot: _Boot, fingerprint: dict,
+                           after: StageSnapshot | None) -> None:
+        boot.base_key = machine_key(boot.spec, image=boot.image.name, **fingerprint)
+        if after:
+            boot.stage_key = stage_key(boot.base_key, after.name, after.inputs())
+            boot.entry = self.checkpoints.get(boot.stage_key)
+        boot.entry = boot.entry or self.checkpoints.get(boot.base_key)
+        if boot.entry:
+            self.checkpoints.restore_into(boot.entry, self.files(boot.spec.name))
+
+    def _start_or_boot(self, boot: _Boot, tools: Tools, report: Report) -> None:
+        """Start ``boot``'s host; a checkpoint that does not resume is dropped for a boot."""
+        spec = boot.spec
+        if boot.entry and not self._start(spec, tools, boot.entry):
+            files = self.files(spec.name)
+            why = _last_line(files.dir / LOG_FILE)
+            report(spec.name, f"checkpoint {boot.entry.key} did not resume ({why}); "
+                              "dropped it, booting instead")
+            self.checkpoints.discard(boot.entry.key)
+            boot.entry = None
+            self._fresh_disk(files, boot.image, tools)
+        if not boot.entry:
+            self._start(spec, tools, None)
+            report(spec.name, f"booting (SSH on 127.0.0.1:{spec.ssh_port})")
+        else:
+            what = f"{boot.entry.meta.get('kind', 'boot')} checkpoint {boot.entry.key}"
+            report(spec.name, f"resumed the {what} (SSH on 127.0.0.1:{spec.ssh_port})")
+
+    def _start(self, spec: HostSpec, tools: Tools, entry: Entry | None) -> bool:
+        """Start the host's supervisor and its QEMU; True once the guest runs, False if the
+        checkpoint ``entry`` could not be resumed. A QEMU that refuses to start raises."""
         files = self.files(spec.name)
-        files.pidfile.unlink(missing_ok=True)
+        for stale in (files.pidfile, files.supervisor_pidfile, files.qmp_socket,
+                      files.supervisor_socket):
+            stale.unlink(missing_ok=True)
         argv = qemu_argv(spec, files, qemu=tools.qemu, ovmf_code=tools.ovmf_code,
                          authorized_keys=self.private_key.with_suffix(".pub"))
+        how = f" (resuming checkpoint {entry.key})" if entry else ""
         with open(files.console_log, "a") as log:
-            log.write(f"\n{START_MARKER} {spec.name} at {time.ctime()} =====\n")
-        # -daemonize returns once QEMU has set up every device, so a bad argument or a port
-        # grabbed since we checked is reported here, synchronously.
-        result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                check=False)
-        if result.returncode != 0:
-            detail = result.stderr.strip() or f"exit status {result.returncode}"
-            if "host forwarding" in detail:
-                raise EnvironmentProblem(
-                    f"port {spec.ssh_port} on 127.0.0.1 is already in use; {spec.name} "
-                    "cannot forward SSH", f"free the port, or destroy and recreate {spec.name}")
-            raise LabFailure(f"QEMU refused to start {spec.name}: {detail}",
-                             f"console log: {files.console_log}")
+            log.write(f"\n{START_MARKER} {spec.name} at {time.ctime()}{how} =====\n")
+        Launch(name=spec.name, argv=argv, qmp_socket=str(files.supervisor_socket),
+               console_log=str(files.console_log), failures_dir=str(self.failures_dir),
+               incoming=entry.incoming if entry else None,
+               firmware_timeout=float(os.environ.get("GPUPROV_LAB_FIRMWARE_TIMEOUT",
+                                                     FIRMWARE_TIMEOUT))).write(files.dir)
+        with open(files.dir / "supervisor.out", "ab") as out:
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", _SUPERVISOR, str(files.dir)], stdin=subprocess.DEVNULL,
+                stdout=out, stderr=out, cwd="/", start_new_session=True)
+        files.supervisor_pidfile.write_text(f"{supervisor.pid}\n")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if supervisor.poll() is not None:
+                break
+            with contextlib.suppress(OSError, QmpError), Qmp(files.qmp_socket, 5) as qmp:
+                if qmp.execute("query-status").get("running"):
+                    return True
+            time.sleep(0.1)
+        if entry and supervisor.poll() is not None:
+            return False
+        self._kill(spec.name)
+        detail = _last_start(files.dir / "qemu.log") or _last_line(files.dir / LOG_FILE)
+        if "host forwarding" in detail:
+            raise EnvironmentProblem(
+                f"port {spec.ssh_port} on 127.0.0.1 is already in use; {spec.name} "
+                "cannot forward SSH", f"free the port, or destroy and recreate {spec.name}")
+        raise LabFailure(f"QEMU refused to start {spec.name}: {detail or 'no reason given'}",
+                         f"console log: {files.console_log}")
 
-    def _wait_all(self, specs: list[HostSpec], report: Report) -> None:
+    def _wait_all(self, boots: list[_Boot], report: Report) -> None:
         timeout = float(os.environ.get("GPUPROV_LAB_BOOT_TIMEOUT", DEFAULT_BOOT_TIMEOUT))
         deadline = time.monotonic() + timeout
         failures: dict[str, str] = {}
 
-        def wait(spec: HostSpec) -> None:
+        def wait(boot: _Boot) -> None:
+            name = boot.spec.name
             started = time.monotonic()
+            target = self.ssh_target(name)
+            if boot.entry:  # a copy of another host: only the cache's key gets in, once
+                target = dataclasses.replace(target, key_file=self.checkpoints.key_file)
             try:
-                ssh.wait_until_ready(self.ssh_target(spec.name), deadline=deadline,
-                                     why_down=lambda: self._why_down(spec.name),
-                                     trust_on_first_use=True)
-            except ssh.SshUnavailable as error:
-                failures[spec.name] = error.message
-                self._kill(spec.name)
-                report(spec.name, "failed")
-            else:
-                report(spec.name, f"up: SSH answered after {time.monotonic() - started:.0f} s")
+                ssh.wait_until_ready(target, deadline=deadline,
+                                     why_down=lambda: self._why_down(name),
+                                     trust_on_first_use=True, interval=0.5 if boot.entry else 2)
+                if boot.entry:
+                    self._take_identity(name, target)
+            except (ssh.SshUnavailable, LabFailure) as error:
+                failures[name] = error.message
+                self._kill(name)
+                report(name, "failed")
+                return
+            report(name, f"up: SSH answered after {time.monotonic() - started:.1f} s")
+            if boot.base_key and not boot.entry:
+                self._store(name, boot.base_key, {"kind": "boot"}, report)
 
-        threads = [threading.Thread(target=wait, args=(s,), daemon=True) for s in specs]
+        threads = [threading.Thread(target=wait, args=(b,), daemon=True) for b in boots]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -374,27 +556,105 @@ class Lab:
             lines = "; ".join(f"{n}: {why}" for n, why in sorted(failures.items()))
             logs = ", ".join(str(self.files(n).console_log) for n in sorted(failures))
             raise LabFailure(f"lab host(s) did not come up and were stopped: {lines}",
-                             f"the serial console log says why: {logs}")
+                             f"the serial console log says why: {logs}; failed and recovered "
+                             f"boots are kept in {self.failures_dir}")
+
+    def _store(self, name: str, key: str, meta: dict, report: Report) -> None:
+        try:
+            entry = self.checkpoint(name, key, meta)
+        except (LabFailure, ssh.SshUnavailable) as error:
+            # The host itself is fine; only the next lab up of its shape will boot again.
+            report(name, f"not checkpointed: {error.message}")
+            return
+        report(name, f"checkpointed as {entry.key} ({entry.size / 2**20:.0f} MiB) "
+                     "for the next lab up")
+
+    def _run_stage(self, boot: _Boot, stage: StageSnapshot, report: Report) -> None:
+        name = boot.spec.name
+        report(name, f"no {stage.name} checkpoint yet: running the stage for real")
+        recorded = stage.run(self, name, report)
+        if boot.stage_key:
+            self._store(name, boot.stage_key, {"kind": f"after {stage.name}",
+                                               "inputs": stage.inputs(), **recorded}, report)
+
+    def _take_identity(self, name: str, resumed: ssh.SshTarget) -> None:
+        """Make a host resumed from a checkpoint this host: see ``_IDENTITY_SCRIPT``."""
+        files = self.files(name)
+        with tempfile.TemporaryDirectory() as keys:
+            writes, pins = [], []
+            for kind in HOST_KEY_TYPES:
+                key = Path(keys) / f"ssh_host_{kind}_key"
+                subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{name}",
+                                "-f", str(key)], check=True, stdin=subprocess.DEVNULL)
+                for path in (key, key.with_suffix(".pub")):
+                    writes.append(f"cat > /etc/ssh/{path.name} <<'GPUPROV_KEY'\n"
+                                  f"{path.read_text().strip()}\nGPUPROV_KEY")
+                pins.append(" ".join(key.with_suffix(".pub").read_text().split()[:2]))
+            script = _IDENTITY_SCRIPT.format(
+                now=time.time(), name=name, host_keys="\n".join(writes),
+                authorized_key=self.private_key.with_suffix(".pub").read_text().strip())
+        with ssh.connect(resumed) as client:
+            _checked(client, "sh -s", stdin=script)
+        files.known_hosts.write_text("".join(f"{resumed.host_key_name} {pin}\n" for pin in pins))
+        # Proof: the lab's own key gets in, and the host presents the key just pinned (sshd
+        # is re-executing with its new keys, so the first tries may be turned away).
+        ssh.wait_until_ready(self.ssh_target(name), deadline=time.monotonic() + 60,
+                             why_down=lambda: self._why_down(name), interval=0.5)
 
     def _why_down(self, name: str) -> str | None:
         if self.pid(name) is None:
-            return "QEMU exited"
-        try:
-            console = self.files(name).console_log.read_text(errors="replace")
-        except OSError:
-            return None
-        return boot_failure(console)
+            return f"the host stopped ({_last_line(self.files(name).dir / LOG_FILE)})"
+        return None
 
     def _kill(self, name: str) -> None:
         pid = self.pid(name)
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, 10):
+        if pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 10)
+                os.kill(pid, signal.SIGTERM)
+            if not _wait_gone(pid, 20):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid, 10)
+        # A supervisor killed outright takes its QEMU along (PDEATHSIG); make sure.
+        if (qemu := self.qemu_pid(name)) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(qemu, signal.SIGKILL)
+            _wait_gone(qemu, 10)
+
+
+def _running(pidfile: Path, needles: list[bytes]) -> int | None:
+    """The pid in ``pidfile`` if that process runs and its command line holds every needle
+    (a stale pidfile may name a recycled pid)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if all(needle in cmdline for needle in needles) else None
+
+
+def _checked(client, command: str, stdin: str | None = None) -> str:
+    status, out, err = ssh.run(client, command, timeout=120, stdin=stdin)
+    if status != 0:
+        raise LabFailure(f"{command.split()[0]} on the lab host exited {status}: {err.strip()}")
+    return out
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1].split(" ", 2)[-1] if lines else "no log"
+
+
+def _last_start(qemu_log: Path) -> str:
+    """What QEMU printed since it was last started (its errors, if it refused to run)."""
+    try:
+        text = qemu_log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return text.rpartition("\n== ")[2].partition("\n")[2].strip()
 
 
 def _port_free(port: int) -> bool:
@@ -427,16 +687,3 @@ def _gone(pid: int) -> bool:
         return not Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True
-
-
-def _qmp(socket_path: Path, command: str) -> None:
-    """Send one QMP command (after the capabilities handshake QEMU requires)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(5)
-        conn.connect(str(socket_path))
-        stream = conn.makefile("rw")
-        stream.readline()  # the greeting
-        for execute in ("qmp_capabilities", command):
-            stream.write(json.dumps({"execute": execute}) + "\n")
-            stream.flush()
-            stream.readline()

@@ -132,8 +132,16 @@ class HostFiles:
         return self.dir / "qmp.sock"
 
     @property
+    def supervisor_socket(self) -> Path:
+        return self.dir / "supervisor.sock"
+
+    @property
     def pidfile(self) -> Path:
         return self.dir / "qemu.pid"
+
+    @property
+    def supervisor_pidfile(self) -> Path:
+        return self.dir / "supervisor.pid"
 
     @property
     def known_hosts(self) -> Path:
@@ -203,8 +211,12 @@ def qemu_argv(
         "-chardev", f"file,id=console,path={files.console_log},append=on",
         "-serial", "chardev:console",
         "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
+        "-qmp", f"unix:{files.supervisor_socket},server=on,wait=off",
         "-pidfile", str(files.pidfile),
-        "-daemonize",
+        # Every guest reboot ends this QEMU; the lab's supervisor starts a fresh one on the
+        # same disk. A warm reset can leave OVMF spinning under TCG (shared/lab-hang); a
+        # power-on cannot.
+        "-no-reboot",
     ]
     return argv
 
@@ -279,7 +291,52 @@ def boot_failure(console_log: str) -> str | None:
 
     Only a kernel panic is certain: the kernel stops for good, waiting longer does not help.
     """
-    latest = console_log[console_log.rfind(START_MARKER):] if START_MARKER in console_log \
-        else console_log
+    latest = console_log.rpartition(START_MARKER)[2]  # the whole log when no marker
     panic = _PANIC_RE.search(latest)
-    return f"the kernel panicked ({panic.group(1).strip(' -')})" if panic else None
+    return f"the kernel panicked ({panic.group(1).strip()})" if panic else None
+
+
+def stalled_boot(console_since_power_on: str, elapsed: float, timeout: float) -> str | None:
+    """Why a power-on is stuck in the firmware, or None.
+
+    OVMF and then the boot loader write to the serial console within seconds of a power-on; a
+    machine that has written nothing at all after ``timeout`` seconds is not coming up.
+    """
+    if console_since_power_on.strip() or elapsed < timeout:
+        return None
+    return f"the firmware printed nothing for {elapsed:.0f} s after power-on"
+
+
+# Bump when what a checkpoint holds, or how a restored host is brought back, changes.
+CHECKPOINT_FORMAT = 1
+
+
+def checkpoint_blocker(spec: HostSpec) -> str | None:
+    """Why QEMU cannot checkpoint a host of ``spec``'s shape, or None if it can."""
+    if spec.iommu == "amd":
+        # hw/i386/amd_iommu.c marks its state unmigratable (lifted only in QEMU 10.0):
+        # "State blocked by non-migratable device 'amd-iommu'", measured on 7.2.
+        return "QEMU cannot save the state of its AMD IOMMU"
+    return None
+
+
+def machine_key(spec: HostSpec, *, image: str, qemu_version: str, firmware: str) -> str:
+    """The checkpoint key of a freshly booted host of ``spec``'s shape.
+
+    A checkpoint resumes only in a QEMU with the same devices, firmware and disk image, so the
+    key is the whole command line with everything host-specific (name, port, paths) held
+    fixed, plus the image, QEMU's version and the firmware's digest.
+    """
+    shape = HostSpec(**{**spec.to_json(), "name": "lab", "ssh_port": 0})
+    argv = qemu_argv(shape, HostFiles(Path("/lab")), qemu="qemu", ovmf_code=Path("/ovmf"),
+                     authorized_keys=Path("/lab/key"))
+    return recipe_hash({"format": CHECKPOINT_FORMAT, "shape": shape.to_json(),
+                        "argv": argv[1:], "image": image,
+                        "qemu": qemu_version, "firmware": firmware})
+
+
+def stage_key(machine: str, stage: str, inputs: Mapping) -> str:
+    """The checkpoint key of a ``machine_key`` host after ``stage`` ran on it with ``inputs``
+    (the digests of the playbook, roles and code that make the change, and its variables)."""
+    return recipe_hash({"format": CHECKPOINT_FORMAT, "machine": machine, "stage": stage,
+                        "inputs": inputs})

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,11 @@ def _assert_stock_gpu(run_gpuprov, name: str) -> None:
 
 
 def test_two_hosts_boot_concurrently_and_are_destroyed_without_a_trace(run_gpuprov, lab_root):
-    # Firmware without an IOMMU: the "IOMMU off" starting point on any kernel.
-    run_gpuprov("lab", "up", "a", "b", "--iommu", "none")
+    # Firmware without an IOMMU: the "IOMMU off" starting point on any kernel. --cold: a
+    # real boot from the firmware on, whatever the checkpoint cache holds.
+    booted = run_gpuprov("lab", "up", "a", "b", "--iommu", "none", "--cold")
+    assert booted.stderr.count("booting (SSH on") == 2, booted.stderr
+    assert "resumed" not in booted.stderr and "checkpointed" not in booted.stderr
     try:
         listed = {h["name"]: h for h in json.loads(run_gpuprov("lab", "list", "--json").stdout)}
         assert {n: h["state"] for n, h in listed.items()} == {"a": "running", "b": "running"}
@@ -96,3 +100,60 @@ def test_amd_systemd_boot_host(run_gpuprov, lab_root):
         assert qemu_pids_under(lab_root) == []
     finally:
         run_gpuprov("lab", "destroy", "amd1")
+
+
+def _reboot(run_gpuprov, name: str, timeout: float = 900) -> str:
+    """Reboot ``name`` from inside; its new boot id once SSH answers again."""
+    before = _ssh(run_gpuprov, name, "cat /proc/sys/kernel/random/boot_id").strip()
+    run_gpuprov("lab", "ssh", name, "--", "systemctl reboot", check=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(3)
+        now = run_gpuprov("lab", "ssh", name, "--", "cat /proc/sys/kernel/random/boot_id",
+                          check=False).stdout.strip()
+        if now and now != before:
+            return now
+    raise AssertionError(f"{name} did not come back from its reboot in {timeout:.0f} s")
+
+
+def _host_keys(lab_root: Path, name: str) -> set[str]:
+    return {line.split()[2] for line in (lab_root / f"hosts/{name}/known_hosts").read_text()
+            .splitlines() if line.strip()}
+
+
+def test_hosts_resumed_from_one_checkpoint_are_each_their_own_host(run_gpuprov, lab_root):
+    # The first host of this shape boots and is checkpointed, unless an earlier run did that.
+    first = run_gpuprov("lab", "up", "r0")
+    try:
+        assert "checkpointed as" in first.stderr or "resumed the boot checkpoint" in first.stderr
+        together = run_gpuprov("lab", "up", "r1", "r2")
+        assert together.stderr.count("resumed the boot checkpoint") == 2, together.stderr
+        assert "booting" not in together.stderr
+
+        seen = {}
+        for name in ("r0", "r1", "r2"):
+            hostname, machine_id, clock = _ssh(
+                run_gpuprov, name, "hostname; cat /etc/machine-id; date +%s").split()
+            assert hostname == name
+            assert abs(int(clock) - time.time()) < 60, "the clock was not set after resuming"
+            seen[name] = (machine_id, _host_keys(lab_root, name))
+        assert len({machine_id for machine_id, _ in seen.values()}) == 3
+        assert not seen["r1"][1] & seen["r2"][1] and not seen["r0"][1] & seen["r1"][1]
+        # Only this lab's key logs in, not the checkpoint cache's.
+        assert _ssh(run_gpuprov, "r1", "grep -c . /root/.ssh/authorized_keys").strip() == "1"
+        # A resumed host is a real kernel on real (emulated) devices.
+        _assert_stock_gpu(run_gpuprov, "r1")
+
+        # It reboots for real (QEMU power-cycles it) and keeps its own identity.
+        boot_id = _reboot(run_gpuprov, "r1")
+        assert _ssh(run_gpuprov, "r1", "hostname").strip() == "r1"
+        assert _ssh(run_gpuprov, "r1", "cat /proc/sys/kernel/random/boot_id").strip() == boot_id
+        supervisor_log = (lab_root / "hosts/r1/supervisor.log").read_text()
+        assert "guest reset: power-cycling" in supervisor_log
+
+        listed = json.loads(run_gpuprov("lab", "cache", "--json").stdout)
+        shapes = [e["spec"] for e in listed if e["kind"] == "boot"]
+        assert any(s["iommu"] == "intel" and s["boot"] == "grub" and s["memory_mib"] == 1024
+                   for s in shapes), listed
+    finally:
+        run_gpuprov("lab", "destroy", "r0", "r1", "r2")

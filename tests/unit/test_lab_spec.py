@@ -11,10 +11,14 @@ from gpuprov.lab.spec import (
     HostFiles,
     HostSpec,
     boot_failure,
+    checkpoint_blocker,
     disk_layout,
     inventory,
+    machine_key,
     qemu_argv,
     recipe_hash,
+    stage_key,
+    stalled_boot,
     validate_names,
 )
 
@@ -172,3 +176,60 @@ def test_only_the_latest_boot_counts():
                 + "[    1.234567] Run /init as init process\n")
     assert boot_failure(rebooted) is None
     assert boot_failure("") is None
+
+
+def test_every_reboot_ends_qemu_and_the_supervisor_has_its_own_control_socket():
+    argv = _argv()
+    assert "-no-reboot" in argv and "-daemonize" not in argv
+    sockets = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-qmp"]
+    assert sockets == ["unix:/lab/hosts/a/qmp.sock,server=on,wait=off",
+                       "unix:/lab/hosts/a/supervisor.sock,server=on,wait=off"]
+
+
+def test_a_power_on_that_prints_nothing_is_stuck_only_after_the_bound():
+    assert stalled_boot("", elapsed=179, timeout=180) is None
+    assert stalled_boot("", elapsed=181, timeout=180) == \
+        "the firmware printed nothing for 181 s after power-on"
+    # OVMF's first output is a screen clear: escape codes are progress too.
+    assert stalled_boot("\x1b[2J\x1b[01;01H", elapsed=900, timeout=180) is None
+    assert stalled_boot("\n\n", elapsed=900, timeout=180) is not None
+
+
+MACHINE = {"image": "bookworm-grub-0123.raw", "qemu_version": "QEMU emulator version 7.2.22",
+           "firmware": "abcd"}
+
+
+def test_a_machine_key_ignores_what_a_restored_host_changes_anyway():
+    base = machine_key(HostSpec(name="a", ssh_port=2222), **MACHINE)
+    assert machine_key(HostSpec(name="other-name", ssh_port=2299), **MACHINE) == base
+
+
+@pytest.mark.parametrize("change", [
+    {"iommu": "none"}, {"boot": "systemd-boot"}, {"gpus": 2}, {"group_mate": "usb"},
+    {"memory_mib": 2048}, {"cpus": 1}])
+def test_a_machine_key_covers_the_whole_shape(change):
+    assert machine_key(HostSpec(name="a", **change), **MACHINE) != \
+        machine_key(HostSpec(name="a"), **MACHINE)
+
+
+@pytest.mark.parametrize("field", ["image", "qemu_version", "firmware"])
+def test_a_machine_key_covers_image_qemu_and_firmware(field):
+    assert machine_key(HostSpec(name="a"), **{**MACHINE, field: "changed"}) != \
+        machine_key(HostSpec(name="a"), **MACHINE)
+
+
+def test_a_stage_key_changes_with_any_input_and_the_machine():
+    inputs = {"files": {"roles/vfio/tasks/main.yml": "aaaa"}, "request": {"gpus": []}}
+    key = stage_key("m1", "host-setup", inputs)
+    assert stage_key("m1", "host-setup", inputs) == key
+    assert stage_key("m2", "host-setup", inputs) != key
+    assert stage_key("m1", "guest-setup", inputs) != key
+    assert stage_key("m1", "host-setup", {**inputs, "files": {
+        "roles/vfio/tasks/main.yml": "bbbb"}}) != key
+    assert stage_key("m1", "host-setup", {**inputs, "request": {"gpus": ["01:00"]}}) != key
+
+
+def test_amd_hosts_cannot_be_checkpointed_and_say_why():
+    assert "AMD IOMMU" in checkpoint_blocker(HostSpec(name="a", iommu="amd"))
+    assert checkpoint_blocker(HostSpec(name="a", iommu="intel")) is None
+    assert checkpoint_blocker(HostSpec(name="a", iommu="none")) is None
