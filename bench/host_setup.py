@@ -31,14 +31,14 @@ REGENERATE = {
 }
 
 
-def _timed_gpuprov(lab_dir: Path, *args: str) -> float:
+def timed_gpuprov(lab_dir: Path, *args: str) -> float:
     started = time.monotonic()
     subprocess.run([GPUPROV, *args], check=True, stdin=subprocess.DEVNULL,
                    stdout=subprocess.DEVNULL, env={**os.environ, "GPUPROV_LAB_DIR": str(lab_dir)})
     return time.monotonic() - started
 
 
-def _timed_ssh(lab: Lab, name: str, command: str) -> float:
+def timed_ssh(lab: Lab, name: str, command: str) -> float:
     started = time.monotonic()
     with ssh.connect(lab.ssh_target(name)) as client:
         status, _out, err = ssh.run(client, command, timeout=1800)
@@ -47,7 +47,7 @@ def _timed_ssh(lab: Lab, name: str, command: str) -> float:
     return time.monotonic() - started
 
 
-def _timed_reboot(lab: Lab, name: str) -> float:
+def timed_reboot(lab: Lab, name: str) -> float:
     """From the reboot command to SSH answering with a new boot id."""
     target = lab.ssh_target(name)
     with ssh.connect(target) as client:
@@ -65,6 +65,13 @@ def _timed_reboot(lab: Lab, name: str) -> float:
             return time.monotonic() - started
 
 
+def floor_parts(lab: Lab, name: str, boot: str) -> tuple[float, float, float]:
+    """What any tool must spend on ``name``: boot configuration, initramfs, one reboot."""
+    return (timed_ssh(lab, name, REGENERATE[boot]),
+            timed_ssh(lab, name, "update-initramfs -u -k all"),
+            timed_reboot(lab, name))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boot", choices=sorted(REGENERATE), default="grub")
@@ -73,11 +80,9 @@ def main() -> int:
     name = "bench-setup"
     with private_lab() as lab:
         lab.up([name], report=quiet, boot=args.boot)
-        setup = _timed_gpuprov(lab.root, "host", "setup", name, "--yes")
-        second = _timed_gpuprov(lab.root, "host", "setup", name, "--yes")
-        regenerate = _timed_ssh(lab, name, REGENERATE[args.boot])
-        initramfs = _timed_ssh(lab, name, "update-initramfs -u -k all")
-        reboot = _timed_reboot(lab, name)
+        setup = timed_gpuprov(lab.root, "host", "setup", name, "--yes")
+        second = timed_gpuprov(lab.root, "host", "setup", name, "--yes")
+        regenerate, initramfs, reboot = floor_parts(lab, name, args.boot)
         floor = regenerate + initramfs + reboot
         print(f"lab host: {args.boot}, Intel IOMMU, software emulation (TCG)")
         print(f"host setup, first run:               {setup:7.1f} s")

@@ -1,0 +1,57 @@
+"""The whole suite's wall time, as CI runs it (`make test`), on a warm or a fresh machine.
+
+    .venv/bin/python bench/suite.py            # warm: this checkout, its .venv, the usual cache
+    .venv/bin/python bench/suite.py --fresh    # a fresh clone (no .venv), an empty image cache
+
+A fresh run clones the checkout's HEAD into a temporary directory and points
+$GPUPROV_CACHE_DIR at an empty one, so the lab image is built, every first host of its kind
+boots and every stage snapshot is made for real; only the Debian packages stay installed.
+With --cold the suite runs with GPUPROV_LAB_COLD=1: no checkpoint is resumed or stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Measured the same way before the checkpointed lab (issue #12): stop 10's clean-clone CI run.
+BEFORE = {"fresh": 3899, "warm": None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="clone + empty cache, as in CI")
+    parser.add_argument("--cold", action="store_true", help="GPUPROV_LAB_COLD=1")
+    args = parser.parse_args()
+    env = {**os.environ, **({"GPUPROV_LAB_COLD": "1"} if args.cold else {})}
+    scratch = Path(tempfile.mkdtemp(prefix="gpuprov-suite-")) if args.fresh else None
+    checkout = ROOT
+    try:
+        if scratch:
+            checkout = scratch / "clone"
+            subprocess.run(["git", "clone", "-q", str(ROOT), str(checkout)], check=True)
+            env["GPUPROV_CACHE_DIR"] = str(scratch / "cache")
+        started = time.monotonic()
+        result = subprocess.run(["make", "test"], cwd=checkout, env=env,
+                                stdin=subprocess.DEVNULL, check=False)
+        seconds = time.monotonic() - started
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    kind = ("fresh" if args.fresh else "warm") + (", GPUPROV_LAB_COLD=1" if args.cold else "")
+    print(f"\nsuite ({kind}): {seconds / 60:.1f} min, exit {result.returncode}")
+    before = BEFORE["fresh" if args.fresh else "warm"]
+    if before:
+        print(f"  before the checkpointed lab, measured the same way: {before / 60:.1f} min")
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
