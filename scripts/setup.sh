@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
   qemu-system-x86 qemu-utils ovmf          # the lab's virtual machines and UEFI firmware
+  zstd                                      # the lab's checkpoints (QEMU migration streams)
   debootstrap                               # the lab image, from Debian's archive
   gdisk dosfstools mtools e2fsprogs         # its disk: GPT, ESP (no loop devices), ext4 root
   openssh-client                            # ssh-keygen and `gpuprov lab ssh`

@@ -18,18 +18,16 @@ checkpoint is never used. The cache is kept under a size cap (``$GPUPROV_LAB_CAC
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpuprov.errors import LabFailure
+from gpuprov.lab.locking import exclusive
 from gpuprov.lab.qmp import Qmp, QmpError
 from gpuprov.lab.spec import GIB, HostFiles
 
@@ -91,7 +89,7 @@ class CheckpointCache:
         """The key a checkpoint's root account trusts, so any lab can get into a restored
         host once and hand it that lab's own key (``Lab._take_identity``)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._locked():
+        with exclusive(self.root):
             if not self.key_file.exists():
                 subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
                                 "gpuprov-lab-checkpoints", "-f", str(self.key_file)],
@@ -127,7 +125,7 @@ class CheckpointCache:
         meta = {**meta, "key": key, "created": time.time(),
                 "seconds_to_store": round(time.monotonic() - started, 2)}
         (work / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        with self._locked():
+        with exclusive(self.root):
             target = self.root / key
             if target.exists():  # another lab up stored the same state meanwhile
                 shutil.rmtree(work)
@@ -141,19 +139,19 @@ class CheckpointCache:
 
     def restore_into(self, entry: Entry, files: HostFiles) -> None:
         """Give a new host this checkpoint's disk and UEFI variables; mark the entry used."""
-        with self._locked():
+        with exclusive(self.root):
             _copy(entry.dir / "disk.qcow2", files.disk)
             _copy(entry.dir / "OVMF_VARS.fd", files.ovmf_vars)
             (entry.dir / "used").touch()
 
     def discard(self, key: str) -> None:
-        with self._locked():
+        with exclusive(self.root):
             shutil.rmtree(self.root / key, ignore_errors=True)
 
     def prune(self) -> tuple[int, int]:
         """Remove every entry; (how many, bytes freed)."""
         entries = self.entries()
-        with self._locked():
+        with exclusive(self.root):
             for entry in entries:
                 shutil.rmtree(entry.dir, ignore_errors=True)
             for partial in self.root.glob(".*.partial"):
@@ -170,13 +168,6 @@ class CheckpointCache:
             if entry.key != keep:
                 shutil.rmtree(entry.dir, ignore_errors=True)
                 total -= entry.size
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
 
 
 def _migrate(qmp: Qmp, uri: str, timeout: float = 300) -> None:

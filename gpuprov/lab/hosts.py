@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -32,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +41,7 @@ import yaml
 from gpuprov.errors import EnvironmentProblem, LabFailure, NotFoundError, UsageError
 from gpuprov.lab.checkpoints import CheckpointCache, Entry
 from gpuprov.lab.image import BUILD_SPACE, ImageCache
+from gpuprov.lab.locking import exclusive
 from gpuprov.lab.qmp import Qmp, QmpError
 from gpuprov.lab.spec import (
     GIB,
@@ -262,7 +262,7 @@ class Lab:
         """
         options = {k: v for k, v in options.items() if v is not None}
         cold = cold or os.environ.get("GPUPROV_LAB_COLD", "") not in ("", "0")
-        with self._locked():
+        with exclusive(self.root):
             existing = set(self.names())
             specs = self._plan_specs(names, existing, ssh_port, options)
             if after and (old := sorted(existing & set(names))):
@@ -351,13 +351,6 @@ class Lab:
         tmp.replace(self.inventory_file)
 
     # -- internals ---------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
 
     def _plan_specs(self, names: list[str], existing: set[str], ssh_port: int | None,
                     options: dict) -> list[HostSpec]:
