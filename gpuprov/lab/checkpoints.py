@@ -113,7 +113,8 @@ class CheckpointCache:
             with Qmp(qmp_socket, timeout=30) as qmp:
                 qmp.execute("stop")
                 try:
-                    _migrate(qmp, f"exec:zstd -q -1 -T2 -o {work / STATE_FILE}")
+                    qmp.execute("migrate", uri=f"exec:zstd -q -1 -T2 -o {work / STATE_FILE}")
+                    qmp.wait_for_migration("saving the machine", timeout=300)
                     _copy(files.disk, work / "disk.qcow2")
                     _copy(files.ovmf_vars, work / "OVMF_VARS.fd")
                 finally:
@@ -168,19 +169,6 @@ class CheckpointCache:
             if entry.key != keep:
                 shutil.rmtree(entry.dir, ignore_errors=True)
                 total -= entry.size
-
-
-def _migrate(qmp: Qmp, uri: str, timeout: float = 300) -> None:
-    qmp.execute("migrate", uri=uri)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = qmp.execute("query-migrate")
-        if status.get("status") == "completed":
-            return
-        if status.get("status") in ("failed", "cancelled"):
-            raise QmpError(f"QEMU could not save the machine: {status.get('error-desc', status)}")
-        time.sleep(0.05)
-    raise QmpError(f"saving the machine took over {timeout:.0f} s")
 
 
 def _copy(source: Path, target: Path) -> None:

@@ -146,6 +146,7 @@ class _Boot:
     image: Path
     base_key: str | None = None  # None: --cold, no checkpoints read or written
     stage_key: str | None = None
+    stage_inputs: dict | None = None  # what the stage key was computed from
     entry: Entry | None = None  # the checkpoint it resumes; None: it boots
 
     @property
@@ -449,7 +450,8 @@ class Lab:
                            after: StageSnapshot | None) -> None:
         boot.base_key = machine_key(boot.spec, image=boot.image.name, **fingerprint)
         if after:
-            boot.stage_key = stage_key(boot.base_key, after.name, after.inputs())
+            boot.stage_inputs = after.inputs()
+            boot.stage_key = stage_key(boot.base_key, after.name, boot.stage_inputs)
             boot.entry = self.checkpoints.get(boot.stage_key)
         boot.entry = boot.entry or self.checkpoints.get(boot.base_key)
         if boot.entry:
@@ -568,7 +570,7 @@ class Lab:
         recorded = stage.run(self, name, report)
         if boot.stage_key:
             self._store(name, boot.stage_key, {"kind": f"after {stage.name}",
-                                               "inputs": stage.inputs(), **recorded}, report)
+                                               "inputs": boot.stage_inputs, **recorded}, report)
 
     def _take_identity(self, name: str, resumed: ssh.SshTarget) -> None:
         """Make a host resumed from a checkpoint this host: see ``_IDENTITY_SCRIPT``."""

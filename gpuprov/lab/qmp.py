@@ -57,6 +57,21 @@ class Qmp:
             elif "return" in reply:
                 return reply["return"]
 
+    def wait_for_migration(self, what: str, timeout: float) -> None:
+        """Block until the migration in either direction completes; QmpError if it fails or
+        takes longer than ``timeout`` seconds (``what`` names it in the error)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.execute("query-migrate")
+            state = status.get("status")  # absent until an incoming stream starts
+            if state == "completed":
+                return
+            if state in ("failed", "cancelled"):
+                raise QmpError(f"{what} failed: {status.get('error-desc', state)}")
+            if time.monotonic() > deadline:
+                raise QmpError(f"{what} took over {timeout:.0f} s (status {state!r})")
+            time.sleep(0.05)
+
     def hmp(self, command: str) -> str:
         """A human-monitor command (``info registers -a``), through QMP."""
         return str(self.execute("human-monitor-command", **{"command-line": command}))

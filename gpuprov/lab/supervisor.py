@@ -215,11 +215,7 @@ def _resume(qmp: Qmp | None, timeout: float = 120) -> None:
     """Wait for the incoming checkpoint to load, then run the guest (it was saved paused)."""
     if qmp is None:
         raise QmpError("QEMU exited before its control socket answered")
-    deadline = time.monotonic() + timeout
-    while (status := qmp.execute("query-migrate").get("status")) != "completed":
-        if status in ("failed", "cancelled") or time.monotonic() > deadline:
-            raise QmpError(f"loading the checkpoint ended as {status!r}")
-        time.sleep(0.05)
+    qmp.wait_for_migration("loading the checkpoint", timeout)
     if not qmp.execute("query-status").get("running"):
         qmp.execute("cont")
 
