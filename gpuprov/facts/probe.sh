@@ -41,6 +41,14 @@ show_file() { # PATH: a section `file PATH` with the file's content
     fi
 }
 
+dir_name() { # LINK: set _name to the name of the directory LINK resolves to; false if none
+    # `cd -P` resolves the link without forking, unlike basename "$(readlink -f LINK)".
+    _name=
+    cd -P "$1" 2>/dev/null || return 1
+    _name=${PWD##*/}
+    cd / || :
+}
+
 block_parents() { # NAME: the whole disks under block device NAME (partitions, dm, md resolved)
     _dev=$(readlink -f "/sys/class/block/$1" 2>/dev/null) || return 0
     [ -n "$_dev" ] || return 0
@@ -136,17 +144,23 @@ fi
 
 run lspci lspci -Dnnk
 
-# Every PCI function as the kernel sees it, independent of pciutils.
+# Every PCI function as the kernel sees it, independent of pciutils. Only shell builtins in this
+# loop: under software emulation every fork costs about 0.1 s, and a host has dozens of functions.
 header pci_sysfs
 for _p in /sys/bus/pci/devices/*; do
     [ -e "$_p" ] || continue
-    _line="$(basename "$_p") class=$(cat "$_p/class" 2>/dev/null)"
-    _line="$_line vendor=$(cat "$_p/vendor" 2>/dev/null) device=$(cat "$_p/device" 2>/dev/null)"
-    if [ -e "$_p/driver" ]; then _line="$_line driver=$(basename "$(readlink -f "$_p/driver")")"; fi
-    if [ -e "$_p/iommu_group" ]; then
-        _line="$_line iommu_group=$(basename "$(readlink -f "$_p/iommu_group")")"
+    _class= _vendor= _device=
+    read -r _class 2>/dev/null <"$_p/class"
+    read -r _vendor 2>/dev/null <"$_p/vendor"
+    read -r _device 2>/dev/null <"$_p/device"
+    _line="${_p##*/} class=$_class vendor=$_vendor device=$_device"
+    if dir_name "$_p/driver"; then _line="$_line driver=$_name"; fi
+    if dir_name "$_p/iommu_group"; then _line="$_line iommu_group=$_name"; fi
+    if [ -f "$_p/boot_vga" ]; then
+        _boot_vga=
+        read -r _boot_vga 2>/dev/null <"$_p/boot_vga"
+        _line="$_line boot_vga=$_boot_vga"
     fi
-    if [ -f "$_p/boot_vga" ]; then _line="$_line boot_vga=$(cat "$_p/boot_vga" 2>/dev/null)"; fi
     echo "$_line"
 done
 

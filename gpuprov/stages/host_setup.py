@@ -26,6 +26,10 @@ Report = Callable[[str, str], None]
 class PlaybookFailed(GpuprovError):
     """The playbook failed on the host; what it reported is in the message."""
 
+    def __init__(self, message: str, hint: str, result: PlaybookResult):
+        super().__init__(message, hint)
+        self.result = result  # what it changed before it failed
+
 
 @dataclass(frozen=True)
 class Target:
@@ -49,7 +53,7 @@ class Target:
                 f"playbooks/{playbook} failed on {self.host} while {what} the changes:\n  "
                 + "\n  ".join(result.failures or [f"ansible-playbook exited {result.rc}"]),
                 f"rerun it by hand to see every task: ansible-playbook -i {self.inventory} "
-                f"playbooks/{playbook} --limit {self.host} -e @VARS -vv")
+                f"playbooks/{playbook} --limit {self.host} -e @VARS -vv", result)
         return result
 
 

@@ -57,3 +57,31 @@ def test_without_a_terminal_and_without_yes_nothing_is_applied(applied):
     assert "not confirmed: standard input is not a terminal" in result.exception.message
     assert "will change:" in result.stdout
     assert applied == []
+
+
+def test_yes_applies_without_a_separate_preview_and_shows_what_changed(monkeypatch, applied):
+    def no_preview(self):
+        raise AssertionError("--yes with work to do must not walk the host in check mode first")
+
+    monkeypatch.setattr(stage.Setup, "preview", no_preview)
+    monkeypatch.setattr(stage.Setup, "apply", lambda self, report: PlaybookResult(
+        0, [Change("two", "Configure vfio-pci", [DIFF])], []))
+    monkeypatch.setattr(stage.Setup, "verify", lambda self: self.before)
+    result = CliRunner().invoke(app, ["host", "setup", "two", "--gpu", "02:00", "--yes"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "changed:" in result.stdout and "+ options vfio-pci disable_vga=1" in result.stdout
+    assert "(1 changes, no reboot)" in result.stdout
+
+
+def test_a_failed_run_that_changed_nothing_says_so(monkeypatch, applied):
+    def verification_fails(self, report):
+        raise stage.PlaybookFailed("playbooks/host_setup.yml failed on two while applying the "
+                                   "changes:\n  two: no IOMMU groups after boot",
+                                   "rerun it by hand", PlaybookResult(2, [], ["two: ..."]))
+
+    monkeypatch.setattr(stage.Setup, "apply", verification_fails)
+    result = CliRunner().invoke(app, ["host", "setup", "two", "--gpu", "02:00", "--yes"])
+    assert result.exception.exit_code == 1
+    assert "nothing was changed on two" in result.exception.message
+    assert "only the reboot is missing, reboot it" in result.exception.hint

@@ -43,9 +43,9 @@ def test_setup_once_then_nothing_to_do_then_rollback(run_gpuprov):
         assert "--yes" in refused.stderr
 
         done = run_gpuprov("host", "setup", "hs", "--gpu", "01:00", "--yes")
-        # The plan names every function, the preview shows the files' diffs.
+        # The plan names every function; confirmed in advance, the run shows the files' diffs.
         assert "0000:01:00.1" in done.stdout and "vfio-pci" in done.stdout
-        assert "will change:" in done.stdout
+        assert "changed:" in done.stdout
         assert "+ options vfio-pci ids=1234:1111,8086:293e disable_vga=1" in done.stdout
         assert "+ softdep bochs pre: vfio-pci" in done.stdout
         assert "ready: hs: every function on vfio-pci" in done.stdout
