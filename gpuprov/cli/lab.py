@@ -165,6 +165,10 @@ def cache(
             "key": e.key, "kind": e.meta.get("kind"), "spec": e.meta.get("spec"),
             "bytes": e.size, "last_used": e.last_used, "dir": str(e.dir)} for e in entries]))
         return
+    if not entries:
+        err_console.print(f"no checkpoints in {checkpoints.root}: the next lab up of each host "
+                          "shape boots, then stores one")
+        return
     table = Table("key", "kind", "host shape", "size", "last used",
                   title=f"{checkpoints.root} (cap {checkpoints.cap / 2**30:.0f} GiB)",
                   title_justify="left")
