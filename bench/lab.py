@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from host_setup import floor_parts, timed_gpuprov
+from host_setup import floor_parts, timed_gpuprov, timed_ssh
 from private_lab import private_lab, quiet
 
 from gpuprov.lab.checkpoints import CheckpointCache
@@ -90,6 +90,12 @@ def main() -> int:
         print(f"  its floor on the same host:              {floor:7.1f} s  (boot config "
               f"{regenerate:.1f} + initramfs {initramfs:.1f} + reboot {reboot:.1f})")
         print(f"  host setup / floor:                      {setup / floor:7.2f}")
+        # Where gpuprov's own cost above the floor goes: setup inspects before and after, and
+        # every Ansible connection (the run, and again after the reboot) starts Python there.
+        inspect = timed_gpuprov(lab.root, "host", "inspect", "setup")
+        python = timed_ssh(lab, "setup", "python3 -c pass")
+        print(f"  host inspect (twice per setup):          {inspect:7.1f} s")
+        print(f"  python3 start-up in the guest:           {python:7.1f} s  (over SSH)")
     return 0
 
 
