@@ -9,12 +9,13 @@ lab pins its host keys there), else ``~/.ssh/known_hosts``.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import shlex
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from gpuprov.errors import NotFoundError
+from gpuprov.errors import NotFoundError, UsageError
 from gpuprov.transport.ssh import SshTarget
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
@@ -85,13 +86,12 @@ def host_vars(name: str, inventory: Path | None = None) -> HostVars:
             "pass an Ansible inventory with -i, or create lab hosts with: gpuprov lab up")
 
     # Ansible's inventory code is slow to import; only this module needs it.
-    from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
     loader = DataLoader()
-    manager = InventoryManager(loader=loader, sources=[str(inventory)])
+    manager = _read(inventory, loader)
     host = manager.get_host(name)
     if host is None:
         known = ", ".join(sorted(h for h in manager.hosts)) or "none"
@@ -100,6 +100,48 @@ def host_vars(name: str, inventory: Path | None = None) -> HostVars:
     variables = VariableManager(loader=loader, inventory=manager).get_vars(
         host=host, include_hostvars=False)
     return HostVars(variables, Templar(loader=loader, variables=variables))
+
+
+def _read(inventory: Path, loader):
+    """Ansible's InventoryManager for ``inventory``; UsageError if no plugin could parse it.
+
+    Ansible would only warn, and then find no host, and its warnings quote the lines it could
+    not parse: for a vars file given by mistake, those may be secrets. So its inventory
+    warnings are not printed; the error names the file and how to see Ansible's own reasons.
+    """
+    from ansible.inventory import manager as ansible_inventory
+
+    class Manager(ansible_inventory.InventoryManager):
+        parsed: dict[str, bool]
+
+        def parse_source(self, source, cache=False):
+            parsed = super().parse_source(source, cache=cache)
+            self.parsed = {**getattr(self, "parsed", {}), str(source): parsed}
+            return parsed
+
+    display = ansible_inventory.display
+    with contextlib.ExitStack() as quiet:
+        for method in ("warning", "error_as_warning"):
+            quiet.enter_context(_replaced(display, method, lambda *args, **kwargs: None))
+        manager = Manager(loader=loader, sources=[str(inventory)])
+    if not any(getattr(manager, "parsed", {}).values()):
+        what = "any file in it" if inventory.is_dir() else "it"
+        raise UsageError(
+            f"{inventory} is not an Ansible inventory: no inventory plugin (YAML, INI, ...) "
+            f"could parse {what}",
+            f"see why with: ansible-inventory -i {inventory} --list; or pass the right file "
+            "with -i")
+    return manager
+
+
+@contextlib.contextmanager
+def _replaced(owner, attribute: str, value) -> Iterator[None]:
+    old = getattr(owner, attribute)
+    setattr(owner, attribute, value)
+    try:
+        yield
+    finally:
+        setattr(owner, attribute, old)
 
 
 def resolve(name: str, inventory: Path | None = None) -> SshTarget:

@@ -128,7 +128,8 @@ def run_playbook(
             private_data_dir=str(private),
             project_dir=str(PROJECT_ROOT),
             playbook=str(playbook_path(name)),
-            inventory=str(inventory),
+            # ansible-playbook runs in the project directory: a relative path would not be found.
+            inventory=str(Path(inventory).absolute()),
             limit=limit,
             extravars=extravars,
             cmdline="--check --diff" if check else "--diff",

@@ -68,3 +68,15 @@ def test_a_failing_task_is_reported_with_its_message(project, tmp_path):
                           extravars={"who": "x", "target": str(tmp_path / "g"), "fail": True})
     assert not result.ok and result.rc != 0
     assert result.failures == ["here: Fail when asked to: asked to fail for x"]
+
+
+def test_a_relative_inventory_path_reaches_its_hosts(project, tmp_path, monkeypatch):
+    # ansible-playbook runs in the project directory; a path relative to the user's directory
+    # used to match no host there, and the run "succeeded" having done nothing.
+    playbook, inventory = project
+    target = tmp_path / "greeting"
+    monkeypatch.chdir(tmp_path)
+    result = run_playbook(playbook, inventory=Path(inventory.name), limit="here",
+                          extravars={"who": "lab", "target": str(target)})
+    assert result.ok and [c.task for c in result.changes] == ["Write the greeting"]
+    assert target.read_text() == "hello lab\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuprov.errors import NotFoundError
+from gpuprov.errors import NotFoundError, UsageError
 from gpuprov.inventory import known_hosts_from_ssh_args, resolve
 from gpuprov.transport.ssh import SshTarget
 
@@ -73,3 +73,36 @@ def test_missing_inventory(tmp_path):
     with pytest.raises(NotFoundError) as missing:
         resolve("gpu1", tmp_path / "nope.yml")
     assert "does not exist" in missing.value.message and "gpuprov lab up" in missing.value.hint
+
+
+SECRET = "s3cr3t-token-value"
+
+
+@pytest.mark.parametrize("content", [
+    f"all:\n  vars:\n    pve_token: {SECRET}\n   broken: [\n",  # YAML that does not parse
+    f'pve_token: "{SECRET}"\n\tbroken: [\n',  # a vars file given as the inventory
+    bytes(range(256)) * 4,  # binary
+])
+def test_an_unparsable_inventory_is_bad_input_and_its_lines_are_never_printed(
+        tmp_path, capfd, content):
+    path = tmp_path / ("inventory.yml" if isinstance(content, str) else "inventory.bin")
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    with pytest.raises(UsageError) as raised:
+        resolve("pve1", path)
+    assert f"{path} is not an Ansible inventory" in raised.value.message
+    assert f"ansible-inventory -i {path} --list" in raised.value.hint
+    out, err = capfd.readouterr()
+    assert SECRET not in out + err + raised.value.message
+
+
+def test_a_directory_without_an_inventory_is_bad_input(tmp_path):
+    (tmp_path / "notes.txt").write_bytes(b"\xff\xfe not an inventory")
+    with pytest.raises(UsageError, match="could parse any file in it"):
+        resolve("pve1", tmp_path)
+
+
+def test_an_empty_inventory_parses_and_has_no_hosts(tmp_path):
+    (tmp_path / "empty.ini").write_text("")
+    with pytest.raises(NotFoundError, match="no host named 'pve1'") as raised:
+        resolve("pve1", tmp_path / "empty.ini")
+    assert raised.value.hint == "the hosts there are: none"
