@@ -123,6 +123,9 @@ def passthrough(
 
     if vm is not None and vmid is not None:
         raise UsageError("--vm and --vmid both name the VM", "give one of them")
+    memory_bytes = parse_size(memory, default_unit="M", what="--memory")
+    if memory_bytes < 2**20:
+        raise UsageError(f"--memory {memory} is less than 1 MiB", "for example --memory 8G")
     request = PassthroughRequest(
         host=host,
         gpu=parse_address(gpu),
@@ -131,7 +134,7 @@ def passthrough(
         vmid=_vmid(vmid),
         shape=VmShape(
             name=name, cores=cores,
-            memory_mib=parse_size(memory, default_unit="M", what="--memory") // 2**20,
+            memory_mib=memory_bytes // 2**20,
             disk_gib=max(1, parse_size(disk, default_unit="G", what="--disk") // 2**30),
             storage=storage, iso=iso),
         mapping=mapping,
@@ -188,6 +191,9 @@ def devices(
     from gpuprov.facts.pci import parse_address
     from gpuprov.hypervisors import load_backend
 
+    if yes and not reboot:
+        raise UsageError("--yes answers the reboot question only, and there is none without "
+                         "--reboot", "add --reboot, or leave out --yes")
     backend = load_backend(hypervisor)
     if not hasattr(backend, "host_devices"):
         raise UsageError(f"the {hypervisor} backend has no host-side passthrough switches",
@@ -195,7 +201,7 @@ def devices(
     with progress() as report:
         result = backend.host_devices(
             host, inventory, _options(option or []), report, confirmer(yes),
-            enable=parse_address(enable) if enable else None, reboot=reboot)
+            enable=parse_address(enable) if enable is not None else None, reboot=reboot)
     if as_json:
         console.print_json(json.dumps(result.to_json()))
         return

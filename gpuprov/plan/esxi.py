@@ -35,6 +35,27 @@ GPU_MEMORY_GIB = {
 }
 
 
+# vSphere's own limits, checked before any API call (vSphere 8 configuration maximums: 768
+# vCPUs and 24 TB per VM; memoryMB a multiple of 4; names of up to 80 characters).
+MAX_CORES = 768
+MEMORY_MIB = (4, 24 * 2**20)
+MAX_NAME = 80
+
+
+def check_shape(name: str | None, cores: int, memory_mib: int) -> None:
+    if name is not None and not 1 <= len(name) <= MAX_NAME:
+        raise UsageError(f"--name is {len(name)} characters; vSphere takes 1 to {MAX_NAME}",
+                         "give a shorter --name")
+    if not 1 <= cores <= MAX_CORES:
+        raise UsageError(f"--cores {cores} is more than vSphere's {MAX_CORES} vCPUs per VM",
+                         f"give --cores 1 to {MAX_CORES}")
+    low, high = MEMORY_MIB
+    if not low <= memory_mib <= high or memory_mib % 4:
+        raise UsageError(f"--memory {memory_mib} MiB is not a VM memory vSphere takes: a "
+                         f"multiple of 4 MiB from {low} MiB to {high // 2**20} TiB",
+                         "for example --memory 8G")
+
+
 class EsxiRefused(GpuprovError):
     """A safety check said no; nothing was changed."""
 

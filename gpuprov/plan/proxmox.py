@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gpuprov.errors import GpuprovError, NotFoundError
+from gpuprov.errors import GpuprovError, NotFoundError, UsageError
 from gpuprov.facts.pci import DeviceSelector, slot_of
 
 EXIT_REFUSED = 3
@@ -47,6 +47,48 @@ class PciFunction:
     @property
     def is_display(self) -> bool:
         return self.class_code.lower().removeprefix("0x").startswith("03")
+
+
+# PVE's own rules for what it would refuse, checked before any API call: the formats of
+# pve-common's JSONSchema (dns-name, pve-configid), the create schema's memory minimum and
+# qemu-server's largest VM memory (MAX_MEM).
+_DNS_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+DNS_NAME = re.compile(rf"(?:{_DNS_LABEL}\.)*{_DNS_LABEL}")
+CONFIG_ID = re.compile(r"[a-zA-Z][a-zA-Z0-9_-]+")
+MEMORY_MIB = (16, 4 * 2**20)
+
+
+def check_vm_name(name: str) -> None:
+    if not DNS_NAME.fullmatch(name):
+        raise UsageError(f"--name {name!r} is not a name Proxmox VE takes (a DNS name)",
+                         "use letters, digits and -, in labels separated by dots; no _ or "
+                         "spaces")
+
+
+def check_mapping_id(name: str) -> None:
+    if not CONFIG_ID.fullmatch(name):
+        raise UsageError(f"{name!r} is not a valid PCI mapping id",
+                         "use 2 or more letters, digits, - and _, starting with a letter")
+
+
+def check_memory(mib: int) -> None:
+    low, high = MEMORY_MIB
+    if not low <= mib <= high:
+        raise UsageError(f"--memory {mib} MiB is outside what Proxmox VE takes ({low} MiB to "
+                         f"{high // 2**20} TiB)", "for example --memory 8G")
+
+
+def check_fits_node(cores: int, memory_mib: int, node: str, entry: Mapping) -> None:
+    """A VM larger than its node cannot start: qemu-server refuses more vCPUs than the node
+    has, and passthrough pins all of the VM's memory."""
+    cpus, memory = entry.get("maxcpu"), entry.get("maxmem")
+    if cpus and cores > int(cpus):
+        raise UsageError(f"--cores {cores} is more than node {node}'s {cpus} CPUs",
+                         f"give --cores {cpus} or fewer")
+    if memory and memory_mib * 2**20 > int(memory):
+        raise UsageError(f"--memory {memory_mib} MiB is more than node {node}'s "
+                         f"{int(memory) // 2**20} MiB, and passthrough pins all of it",
+                         "give a smaller --memory")
 
 
 def pci_functions(listing: Iterable[Mapping]) -> list[PciFunction]:

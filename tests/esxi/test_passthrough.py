@@ -262,3 +262,33 @@ def test_wrong_password_is_refused_without_printing_it(run_gpuprov, vcsim, where
     refused = _gpuprov(run_gpuprov, vcsim, "devices", inventory=inventory, env=env, code=4)
     assert "refused the login of user 'gpuprov-test'" in refused.stderr
     assert wrong not in refused.stdout + refused.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cores", "99999999999999999999"], "is more than vSphere's 768 vCPUs per VM"),
+    (["--cores", "100000"], "--cores 100000 is more than vSphere's 768"),
+    (["--memory", "8K"], "--memory 8K is less than 1 MiB"),
+    (["--memory", "6"], "--memory 6 MiB is not a VM memory vSphere takes"),
+    (["--memory", "99999999999T"], "is not a VM memory vSphere takes"),
+    (["--name", "x" * 81], "--name is 81 characters; vSphere takes 1 to 80"),
+    (["--mapping", "gpu-26-00"], "--mapping does not apply to ESXi"),
+    (["--vmid", "100"], "--vmid does not apply to ESXi"),
+])
+def test_values_vsphere_would_refuse_never_reach_it(run_gpuprov, vcsim, args, message):
+    si, content = _session(vcsim)
+    before = len(_test_host(vcsim, content).vm)
+    refused = _gpuprov(run_gpuprov, vcsim, "passthrough", "--hypervisor", "esxi", "--gpu", T4,
+                       *args, code=2)
+    assert message in " ".join(refused.stderr.split()), refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert len(_test_host(vcsim, content).vm) == before
+    Disconnect(si)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--yes"], "--yes answers the reboot question only"),
+    (["--enable", ""], "'' is not a PCI address"),
+])
+def test_devices_flags_that_would_do_nothing_are_refused(run_gpuprov, vcsim, args, message):
+    refused = _gpuprov(run_gpuprov, vcsim, "devices", "--hypervisor", "esxi", *args, code=2)
+    assert message in " ".join(refused.stderr.split()), refused.stderr

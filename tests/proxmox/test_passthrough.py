@@ -141,6 +141,15 @@ def test_attach_converts_an_existing_vm_only_when_confirmed(run_gpuprov, pve_sim
     (["--gpu", GT1030, "--vmid", "110"], "VM 110 already exists"),
     (["--gpu", GT1030, "--vmid", "111"], "VM 111 is running"),
     (["--gpu", RTX3090], "already given to VM 111 (hostpci0)"),
+    # Values PVE itself would refuse, checked before they reach it (exit 2).
+    (["--gpu", GT1030, "--name", "a_b"], "'a_b' is not a name Proxmox VE takes"),
+    (["--gpu", GT1030, "--memory", "8"], "--memory 8 MiB is outside what Proxmox VE takes"),
+    (["--gpu", GT1030, "--memory", "8K"], "--memory 8K is less than 1 MiB"),
+    (["--gpu", GT1030, "--memory", "99999999999T"], "is outside what Proxmox VE takes"),
+    (["--gpu", GT1030, "--memory", "4T"], "more than node pve1's"),
+    (["--gpu", GT1030, "--cores", "100000"], "--cores 100000 is more than node pve1's"),
+    (["--gpu", GT1030, "--mapping", "x"], "'x' is not a valid PCI mapping id"),
+    (["--gpu", GT1030, "--hide-hypervisor"], "--hide-hypervisor does not apply to Proxmox"),
 ])
 def test_refusals_change_nothing(run_gpuprov, pve_sim, tmp_path, args, message):
     _made_vm(pve_sim, 111, name="busy", hostpci0="host=0000:2d:00.0", start=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpuprov.errors import NotFoundError
+from gpuprov.errors import NotFoundError, UsageError
 from gpuprov.facts.pci import parse_address
 from gpuprov.plan import proxmox as plan
 
@@ -161,3 +161,27 @@ def test_conversion_lists_only_what_must_change_and_undo_restores_it():
     undo = plan.undo_params({"machine": "pc", "bios": "seabios"},
                             ["machine", "bios", "efidisk0", "hostpci0"])
     assert undo == {"machine": "pc", "bios": "seabios", "delete": "efidisk0,hostpci0"}
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("gpu-vm", True), ("a", True), ("vm1.lab.example", True), ("A1-b2", True),
+    ("a_b", False), ("-a", False), ("a-", False), ("a..b", False), ("a b", False), ("", False),
+])
+def test_vm_names_follow_pves_dns_name_format(name, ok):
+    if ok:
+        plan.check_vm_name(name)
+    else:
+        with pytest.raises(UsageError):
+            plan.check_vm_name(name)
+
+
+@pytest.mark.parametrize(("mapping", "ok"), [
+    ("gpu-26-00", True), ("ab", True), ("A_1", True), ("x", False), ("1gpu", False),
+    ("gpu.1", False),
+])
+def test_mapping_ids_follow_pves_configid_format(mapping, ok):
+    if ok:
+        plan.check_mapping_id(mapping)
+    else:
+        with pytest.raises(UsageError):
+            plan.check_mapping_id(mapping)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpuprov.errors import UsageError
 from gpuprov.facts.pci import DeviceSelector
 from gpuprov.hypervisors.base import Confirm, PassthroughRequest, PassthroughResult, Report
 from gpuprov.hypervisors.esxi import vsphere
@@ -80,11 +81,24 @@ class _Connection:
             Disconnect(self.si)
 
 
+def _check_request(request: PassthroughRequest) -> None:
+    """What vSphere would refuse, and flags of other backends, refused before connecting."""
+    for given, flag, instead in ((request.vmid, "--vmid", "--vm NAME for an existing VM, "
+                                  "--name for a new one"),
+                                 (request.mapping, "--mapping", "nothing: PCI resource "
+                                  "mappings are Proxmox VE's")):
+        if given is not None:
+            raise UsageError(f"{flag} does not apply to ESXi", f"use {instead}")
+    if request.vm is None:  # the shape is only used for a new VM
+        plan.check_shape(request.shape.name, request.shape.cores, request.shape.memory_mib)
+
+
 class EsxiBackend:
     name = "esxi"
 
     def passthrough(self, request: PassthroughRequest, report: Report,
                     confirm: Confirm) -> PassthroughResult:
+        _check_request(request)
         with _Connection(request.host, request.inventory, report) as conn:
             options = conn.options(request.options)
             host = vsphere.select_host(conn.content, options, request.host, request.vm)

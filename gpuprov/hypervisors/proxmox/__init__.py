@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpuprov.errors import GpuprovError, NotFoundError
+from gpuprov.errors import GpuprovError, NotFoundError, UsageError
 from gpuprov.facts.pci import DeviceSelector
 from gpuprov.hypervisors.base import Confirm, PassthroughRequest, PassthroughResult, Report
 from gpuprov.hypervisors.proxmox.connection import PveSettings, connect, settings_from
@@ -88,7 +88,9 @@ class _Session:
         self.api = connect(self.settings)
         self.node = self.settings.node
         self.vm_nodes: dict[str, str] = {}  # vmid -> node, cluster-wide (filled by vm_configs)
-        nodes = [entry["node"] for entry in self.call("listing the nodes", self.api.nodes.get)]
+        nodes = {entry["node"]: entry
+                 for entry in self.call("listing the nodes", self.api.nodes.get)}
+        self.node_entry = nodes.get(self.node, {})  # maxcpu, maxmem
         if self.node not in nodes:
             raise NotFoundError(f"Proxmox VE at {self.settings.endpoint} has no node "
                                 f"{self.node!r}",
@@ -167,6 +169,20 @@ def _hint(status: int) -> str | None:
     return None
 
 
+def _check_request(request: PassthroughRequest) -> None:
+    """What Proxmox VE would refuse, and flags of other backends, refused before connecting."""
+    if request.hide_hypervisor:
+        raise UsageError("--hide-hypervisor does not apply to Proxmox VE",
+                         "leave it out; if the card's driver refuses to run in a VM, hide KVM "
+                         "with the VM's cpu option: qm set VMID --cpu host,hidden=1")
+    if request.vm is None:  # the shape is only used for a new VM
+        if request.shape.name:
+            plan.check_vm_name(request.shape.name)
+        plan.check_memory(request.shape.memory_mib)
+    if request.mapping is not None:
+        plan.check_mapping_id(request.mapping)
+
+
 class ProxmoxBackend:
     name = "proxmox"
 
@@ -175,6 +191,7 @@ class ProxmoxBackend:
 
     def passthrough(self, request: PassthroughRequest, report: Report,
                     confirm: Confirm) -> PassthroughResult:
+        _check_request(request)
         session = _Session(request.host, request.inventory, report)
         job = _Job(session, request, self.read_bars)
         return job.run(confirm)
@@ -200,9 +217,7 @@ def _ensure_mapping(session: _Session, card: plan.Card, name: str) -> tuple[str 
     if name in existing:
         plan.check_mapping(existing[name], card, session.node)
         return None, f"PCI mapping {name!r} maps {card.hostpci_path} on {session.node}: used it"
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
-        raise plan.ProxmoxRefused(f"{name!r} is not a valid PCI mapping id",
-                                  "use letters, digits, - and _, starting with a letter")
+    plan.check_mapping_id(name)
     entry = plan.mapping_entry(card, session.node)
     session.report(session.node, f"creating PCI mapping {name} ({entry})")
     session.call(f"creating PCI mapping {name!r} (needs Mapping.Modify on /mapping/pci)",
@@ -234,6 +249,8 @@ class _Job:
             raise plan.ProxmoxRefused(f"VM {request.vmid} already exists on node {taken_on}",
                                       "give a free --vmid, or auto for the next free one")
         # nextid with a vmid says whether that id is free in the whole cluster
+        plan.check_fits_node(request.shape.cores, request.shape.memory_mib, session.node,
+                             session.node_entry)
         vmid = int(session.call("choosing a VM id", session.api.cluster.nextid.get,
                                 **({"vmid": request.vmid} if request.vmid else {})))
         return self._create(vmid, card)
