@@ -208,6 +208,7 @@ def test_failed_power_on_removes_the_new_vm_or_keeps_it_when_asked(run_gpuprov, 
     # The card is in use by the running "first": the extension refuses the second power-on.
     failed = _gpuprov(run_gpuprov, vcsim, *create, "--name", "second", code=1)
     assert "powering on failed" in failed.stderr and "GenericVmConfigFault" in failed.stderr
+    assert "Traceback" not in failed.stderr and "removing the new VM" in failed.stderr
     si, content = _session(vcsim)
     assert _find(content, vim.VirtualMachine, "second") is None
 

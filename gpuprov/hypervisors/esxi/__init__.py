@@ -282,13 +282,14 @@ class _Job:
             raise
 
     def _discard(self, vm, error: Exception) -> None:
+        name = vm.name  # read once: once Destroy_Task runs, the VM's properties are gone
         if self.request.keep_on_failure:
-            self.report(vm.name, "failed: kept for debugging (--keep-on-failure)")
+            self.report(name, "failed: kept for debugging (--keep-on-failure)")
             return
-        self.report(vm.name, f"failed ({type(error).__name__}): removing the new VM")
+        self.report(name, f"failed ({type(error).__name__}): removing the new VM")
         if vm.runtime.powerState != "poweredOff":
-            self._wait(vm.PowerOffVM_Task(), vm.name, "powering off")
-        self._wait(vm.Destroy_Task(), vm.name, "removing the VM")
+            self._wait(vm.PowerOffVM_Task(), name, "powering off")
+        self._wait(vm.Destroy_Task(), name, "removing the VM")
 
     def attach(self, chosen: list[plan.PciFunction], functions: list[plan.PciFunction],
                memory: list[float], confirm: Confirm) -> PassthroughResult:
