@@ -294,3 +294,14 @@ def test_a_token_that_may_not_create_mappings_is_told_which_privilege(run_gpupro
         assert "Mapping.Modify" in result.stderr
         assert "s3cret-0ps-token" not in result.stdout + result.stderr
         assert sim.vms == {} and sim.mappings == {}
+
+
+def test_a_failed_create_reports_its_own_cause(run_gpuprov, pve_sim, tmp_path):
+    # The create task fails before the VM exists: there is nothing to remove, and the cause
+    # is what gets reported, not the cleanup's "does not exist".
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030,
+                          "--iso", "local:iso/missing.iso", env=_root(pve_sim), code=1)
+    assert "creating the VM failed" in result.stderr, result.stderr
+    assert "missing.iso" in result.stderr, result.stderr
+    assert "reading VM" not in result.stderr and "Traceback" not in result.stderr
+    assert pve_sim.vms == {}

@@ -389,18 +389,31 @@ class _Job:
         return True
 
     def _discard(self, vmid: int, error: GpuprovError) -> None:
+        """Remove the VM this run created. The run's own error stays the one reported: a
+        create task can fail before the VM exists (a missing ISO), and a failed cleanup is
+        added to the error, not put in its place."""
         session, subject = self.session, f"VM {vmid}"
+        listed = session.call("listing the node's VMs", session.qemu.get)
+        if str(vmid) not in {str(entry.get("vmid")) for entry in listed}:
+            session.report(subject, "failed before the VM existed: nothing to remove")
+            return
         if self.request.keep_on_failure:
             session.report(subject, "failed: kept for debugging (--keep-on-failure)")
             return
         session.report(subject, f"failed ({type(error).__name__}): removing the new VM")
-        status = session.call(f"reading VM {vmid}'s state", session.qemu(vmid).status.current.get)
-        if status.get("status") == "running":
-            session.wait(session.call(f"stopping VM {vmid}", session.qemu(vmid).status.stop.post),
-                         subject, "stopping the VM")
-        upid = session.call(f"removing VM {vmid}", session.qemu(vmid).delete,
-                            purge=1, **{"destroy-unreferenced-disks": 1})
-        session.wait(upid, subject, "removing the VM")
+        try:
+            status = session.call(f"reading VM {vmid}'s state",
+                                  session.qemu(vmid).status.current.get)
+            if status.get("status") == "running":
+                session.wait(session.call(f"stopping VM {vmid}",
+                                          session.qemu(vmid).status.stop.post),
+                             subject, "stopping the VM")
+            upid = session.call(f"removing VM {vmid}", session.qemu(vmid).delete,
+                                purge=1, **{"destroy-unreferenced-disks": 1})
+            session.wait(upid, subject, "removing the VM")
+        except GpuprovError as cleanup:
+            error.message += f"\n  and removing the half-made VM {vmid} failed: {cleanup.message}"
+            error.hint = f"remove it by hand on node {session.node}: qm destroy {vmid} --purge"
 
     def _result(self, vmid: int, *, created: bool, started: bool) -> PassthroughResult:
         """What the VM is now, read back from Proxmox VE."""
