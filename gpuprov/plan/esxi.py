@@ -187,6 +187,22 @@ def gpu_memory_gib(ids: str, override_gib: float | None = None) -> float:
                      "give it with --option gpu_memory=SIZE (for example gpu_memory=48G)")
 
 
+# The usual sizing rule for a GPU VM: at least 1.5 times the memory of its GPUs, so that the
+# guest driver can stage and map what it moves to the cards.
+VM_MEMORY_PER_GPU_MEMORY = 1.5
+
+
+def memory_warning(vm: str, vm_memory_mib: int, gpu_memory_gib: Sequence[float]) -> str | None:
+    """A warning when the VM has less memory than 1.5 x its GPUs' memory, with the numbers."""
+    gpus_mib = sum(gpu_memory_gib) * 1024
+    wanted = int(VM_MEMORY_PER_GPU_MEMORY * gpus_mib)
+    if vm_memory_mib >= wanted:
+        return None
+    return (f"warning: VM {vm} has {vm_memory_mib} MiB of memory, less than "
+            f"{VM_MEMORY_PER_GPU_MEMORY:g} x its GPUs' {gpus_mib:.0f} MiB = {wanted} MiB; "
+            f"give it --memory {-(-wanted // 1024)}G or more")
+
+
 def choose_backing(hw_version: int, dynamic_offered: bool, static_offered: bool,
                    preference: str = "auto") -> str:
     """``dynamic`` (Dynamic DirectPath: the device matched by vendor/device at power-on) when the

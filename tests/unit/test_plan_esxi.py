@@ -161,3 +161,10 @@ def test_settings_from_inventory_with_environment_overrides():
 def test_settings_refusals(variables, message):
     with pytest.raises(UsageError, match=message):
         settings_from("esx1", variables, {})
+
+
+def test_vm_memory_below_one_and_a_half_times_the_gpus_is_warned_with_the_numbers():
+    assert plan.memory_warning("vm1", 73728, [48]) is None
+    assert plan.memory_warning("vm1", 65536, [24, 24]) == (
+        "warning: VM vm1 has 65536 MiB of memory, less than 1.5 x its GPUs' 49152 MiB = "
+        "73728 MiB; give it --memory 72G or more")

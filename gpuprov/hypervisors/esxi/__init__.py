@@ -217,6 +217,12 @@ class _Job:
         self.redact = conn.settings.redact
         self.notes: list[str] = []
 
+    def _warn_memory(self, vm: str, memory_mib: int, gpu_memory_gib: list[float]) -> None:
+        warning = plan.memory_warning(vm, memory_mib, gpu_memory_gib)
+        if warning:
+            self.report(vm, warning)
+            self.notes.append(warning)
+
     def _wait(self, task, subject: str, what: str):
         return vsphere.wait(task, self.report, subject, what, self.redact)
 
@@ -263,6 +269,7 @@ class _Job:
                                    "give another --name, or --vm to give it the card")
         datastore = vsphere.pick_datastore(host, shape.storage)
         mmio = plan.mmio_size_gib(memory)
+        self._warn_memory(name, shape.memory_mib, memory)
         desired = plan.desired_settings(plan.VmSettings(), mmio, self.request.hide_hypervisor)
         spec = vim.vm.ConfigSpec(
             name=name, guestId=self.options.get("guest_id", DEFAULT_GUEST),
@@ -320,6 +327,7 @@ class _Job:
                   for d in present for ids in vsphere.device_ids(d)[1] if ids in displays]
         new_memory = memory if missing else []
         mmio = plan.mmio_size_gib(others + new_memory or memory)
+        self._warn_memory(vm.name, vm.config.hardware.memoryMB, others + new_memory or memory)
         desired = plan.desired_settings(before, mmio, self.request.hide_hypervisor)
         changes = plan.plan_changes(before, desired)
         question = plan.conversion_question(vm.name, changes)
