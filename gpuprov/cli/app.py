@@ -6,6 +6,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from gpuprov import __version__
 from gpuprov.cli import host, lab, vm
@@ -68,9 +69,10 @@ def main() -> None:
     try:
         app()
     except GpuprovError as error:
-        err_console.print(f"[bold red]error:[/] {error.message}", highlight=False)
+        # What went wrong quotes hosts, files and APIs ("[datastore1] ..."): never markup.
+        err_console.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False)
         if error.hint:
-            err_console.print(f"[bold]hint:[/] {error.hint}", highlight=False)
+            err_console.print(f"[bold]hint:[/] {escape(error.hint)}", highlight=False)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

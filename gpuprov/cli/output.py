@@ -8,13 +8,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 
 def _console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     # Piped output (CI logs, `| less`) keeps whole paths instead of rich's 80-column default.
-    return Console(stderr=stderr, width=None if stream.isatty() else 200)
+    # No emoji codes: a certificate fingerprint's ":CD:" would print as a CD emoji.
+    return Console(stderr=stderr, width=None if stream.isatty() else 200, emoji=False)
 
 
 console = _console()
@@ -28,14 +30,15 @@ def progress() -> Iterator:
         started = time.monotonic()
 
         def report_line(subject: str, message: str) -> None:
-            err_console.print(f"[{time.monotonic() - started:6.1f}s] {subject}: {message}",
-                              highlight=False, soft_wrap=True)
+            # Messages carry names from hosts and APIs ("[datastore1] iso/x.iso"): not markup.
+            err_console.print(f"[{time.monotonic() - started:6.1f}s] {escape(subject)}: "
+                              f"{escape(message)}", highlight=False, soft_wrap=True)
 
         yield report_line
         return
     tasks: dict[str, int] = {}
-    columns = (SpinnerColumn(), TextColumn("[bold]{task.fields[subject]}"),
-               TextColumn("{task.description}"), TimeElapsedColumn())
+    columns = (SpinnerColumn(), TextColumn("{task.fields[subject]}", style="bold", markup=False),
+               TextColumn("{task.description}", markup=False), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=False) as bar:
 
         def report_live(subject: str, message: str) -> None:

@@ -1,0 +1,30 @@
+"""What the CLI prints is what the hosts and APIs said: names, paths and fingerprints are
+never read as rich markup or emoji codes."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuprov.cli import app as cli_app
+from gpuprov.cli.output import progress
+from gpuprov.errors import UsageError
+
+QUOTED = "fingerprint A2:CD:53:E9 of [datastore1] iso/debian.iso"
+
+
+def test_errors_and_hints_are_printed_verbatim(monkeypatch, capsys):
+    def fail():
+        raise UsageError(f"bad: {QUOTED}", f"see [bold]{QUOTED}")
+
+    monkeypatch.setattr(cli_app, "app", fail)
+    with pytest.raises(SystemExit) as exited:
+        cli_app.main()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: bad: {QUOTED}" in err and f"hint: see [bold]{QUOTED}" in err
+
+
+def test_progress_lines_are_printed_verbatim(capsys):
+    with progress() as report:
+        report("[esx1]", QUOTED)
+    assert f"[esx1]: {QUOTED}" in capsys.readouterr().err
