@@ -112,11 +112,13 @@ def _read(inventory: Path, loader):
     from ansible.inventory import manager as ansible_inventory
 
     class Manager(ansible_inventory.InventoryManager):
-        parsed: dict[str, bool]
+        def __init__(self, *args, **kwargs):
+            self.any_parsed = False  # set before the base class parses the sources
+            super().__init__(*args, **kwargs)
 
         def parse_source(self, source, cache=False):
             parsed = super().parse_source(source, cache=cache)
-            self.parsed = {**getattr(self, "parsed", {}), str(source): parsed}
+            self.any_parsed = self.any_parsed or parsed
             return parsed
 
     display = ansible_inventory.display
@@ -124,7 +126,7 @@ def _read(inventory: Path, loader):
         for method in ("warning", "error_as_warning"):
             quiet.enter_context(_replaced(display, method, lambda *args, **kwargs: None))
         manager = Manager(loader=loader, sources=[str(inventory)])
-    if not any(getattr(manager, "parsed", {}).values()):
+    if not manager.any_parsed:
         what = "any file in it" if inventory.is_dir() else "it"
         raise UsageError(
             f"{inventory} is not an Ansible inventory: no inventory plugin (YAML, INI, ...) "

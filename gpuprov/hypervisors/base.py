@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from gpuprov.errors import UsageError
 from gpuprov.facts.pci import DeviceSelector
 
 Report = Callable[[str, str], None]
@@ -75,3 +76,11 @@ class Backend(Protocol):
                     confirm: Confirm) -> PassthroughResult:
         """Create (or convert) the VM and give it the card; raise GpuprovError on refusal."""
         ...
+
+
+def refuse_flags(backend: str, flags: Sequence[tuple[object, str, str]]) -> None:
+    """Flags of other backends are refused, not silently ignored: each ``(value, flag, hint)``
+    whose value was given (not None) ends the run before anything is contacted."""
+    for given, flag, hint in flags:
+        if given is not None:
+            raise UsageError(f"{flag} does not apply to {backend}", hint)

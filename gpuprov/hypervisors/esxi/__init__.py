@@ -19,9 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpuprov.errors import UsageError
 from gpuprov.facts.pci import DeviceSelector
-from gpuprov.hypervisors.base import Confirm, PassthroughRequest, PassthroughResult, Report
+from gpuprov.hypervisors.base import (
+    Confirm,
+    PassthroughRequest,
+    PassthroughResult,
+    Report,
+    refuse_flags,
+)
 from gpuprov.hypervisors.esxi import vsphere
 from gpuprov.hypervisors.esxi.connection import VsphereSettings, connect, settings_from
 from gpuprov.plan import esxi as plan
@@ -83,12 +88,9 @@ class _Connection:
 
 def _check_request(request: PassthroughRequest) -> None:
     """What vSphere would refuse, and flags of other backends, refused before connecting."""
-    for given, flag, instead in ((request.vmid, "--vmid", "--vm NAME for an existing VM, "
-                                  "--name for a new one"),
-                                 (request.mapping, "--mapping", "nothing: PCI resource "
-                                  "mappings are Proxmox VE's")):
-        if given is not None:
-            raise UsageError(f"{flag} does not apply to ESXi", f"use {instead}")
+    refuse_flags("ESXi", (
+        (request.vmid, "--vmid", "use --vm NAME for an existing VM, --name for a new one"),
+        (request.mapping, "--mapping", "use nothing: PCI resource mappings are Proxmox VE's")))
     if request.vm is None:  # the shape is only used for a new VM
         plan.check_shape(request.shape.name, request.shape.cores, request.shape.memory_mib)
 
@@ -326,8 +328,9 @@ class _Job:
         others = [plan.GPU_MEMORY_GIB.get(ids, plan.MIN_MMIO_PER_GPU_GIB / 2)
                   for d in present for ids in vsphere.device_ids(d)[1] if ids in displays]
         new_memory = memory if missing else []
-        mmio = plan.mmio_size_gib(others + new_memory or memory)
-        self._warn_memory(vm.name, vm.config.hardware.memoryMB, others + new_memory or memory)
+        gpu_memory = others + new_memory or memory
+        mmio = plan.mmio_size_gib(gpu_memory)
+        self._warn_memory(vm.name, vm.config.hardware.memoryMB, gpu_memory)
         desired = plan.desired_settings(before, mmio, self.request.hide_hypervisor)
         changes = plan.plan_changes(before, desired)
         question = plan.conversion_question(vm.name, changes)

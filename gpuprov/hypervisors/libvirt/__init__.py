@@ -17,7 +17,13 @@ import paramiko
 
 from gpuprov import inventory as inventory_
 from gpuprov.errors import GpuprovError, HostUnreachable, NotFoundError, UsageError
-from gpuprov.hypervisors.base import Confirm, PassthroughRequest, PassthroughResult, Report
+from gpuprov.hypervisors.base import (
+    Confirm,
+    PassthroughRequest,
+    PassthroughResult,
+    Report,
+    refuse_flags,
+)
 from gpuprov.plan import libvirt as plan
 from gpuprov.transport import ssh
 
@@ -91,14 +97,11 @@ class LibvirtBackend:
 
 def _check_request(request: PassthroughRequest) -> None:
     """Flags of other backends are refused, not silently ignored."""
-    for given, flag, instead in ((request.vmid, "--vmid", "--vm NAME for an existing domain, "
-                                  "--name for a new one"),
-                                 (request.mapping, "--mapping", "nothing: libvirt has no PCI "
-                                  "resource mappings"),
-                                 (request.x_vga or None, "--x-vga", "nothing: the card is the "
-                                  "VM's only display already")):
-        if given is not None:
-            raise UsageError(f"{flag} does not apply to libvirt", f"use {instead}")
+    refuse_flags("libvirt", (
+        (request.vmid, "--vmid", "use --vm NAME for an existing domain, --name for a new one"),
+        (request.mapping, "--mapping", "use nothing: libvirt has no PCI resource mappings"),
+        (request.x_vga or None, "--x-vga",
+         "use nothing: the card is the VM's only display already")))
     unknown = sorted(set(request.options) - set(OPTIONS))
     if unknown:
         raise UsageError(f"unknown libvirt option {', '.join(unknown)}",

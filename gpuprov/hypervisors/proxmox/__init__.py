@@ -18,9 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpuprov.errors import GpuprovError, NotFoundError, UsageError
+from gpuprov.errors import GpuprovError, NotFoundError
 from gpuprov.facts.pci import DeviceSelector
-from gpuprov.hypervisors.base import Confirm, PassthroughRequest, PassthroughResult, Report
+from gpuprov.hypervisors.base import (
+    Confirm,
+    PassthroughRequest,
+    PassthroughResult,
+    Report,
+    refuse_flags,
+)
 from gpuprov.hypervisors.proxmox.connection import PveSettings, connect, settings_from
 from gpuprov.plan import proxmox as plan
 
@@ -171,10 +177,10 @@ def _hint(status: int) -> str | None:
 
 def _check_request(request: PassthroughRequest) -> None:
     """What Proxmox VE would refuse, and flags of other backends, refused before connecting."""
-    if request.hide_hypervisor:
-        raise UsageError("--hide-hypervisor does not apply to Proxmox VE",
-                         "leave it out; if the card's driver refuses to run in a VM, hide KVM "
-                         "with the VM's cpu option: qm set VMID --cpu host,hidden=1")
+    refuse_flags("Proxmox VE", ((
+        request.hide_hypervisor or None, "--hide-hypervisor",
+        "leave it out; if the card's driver refuses to run in a VM, hide KVM with the VM's "
+        "cpu option: qm set VMID --cpu host,hidden=1"),))
     if request.vm is None:  # the shape is only used for a new VM
         if request.shape.name:
             plan.check_vm_name(request.shape.name)
