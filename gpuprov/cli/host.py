@@ -191,11 +191,9 @@ def setup(
             console.print(f"[green]nothing to do:[/] {host} is ready and its configuration "
                           "matches; no change, no reboot")
             return
-        _render_changes(preview, "would change" if check else "will change")
-        if check:
-            console.print("--check: nothing was changed")
+        if not _preview_confirmed(preview, check, yes,
+                                  f"apply these changes to {host} and reboot it once?"):
             return
-        _confirm(yes, f"apply these changes to {host} and reboot it once?")
         applied = _apply_setup(setup_, host)
     after = setup_.verify()
     _render_done(after, applied)
@@ -236,17 +234,25 @@ def rollback(
     if not preview.changes:
         console.print(f"[green]nothing to do:[/] {host} has no gpuprov changes to undo")
         return
-    _render_changes(preview, "would change" if check else "will change")
-    if check:
-        console.print("--check: nothing was changed")
+    if not _preview_confirmed(preview, check, yes,
+                              f"restore {host}'s original files and reboot it once?"):
         return
-    _confirm(yes, f"restore {host}'s original files and reboot it once?")
     with progress() as report:
         rollback_.apply(lambda _host, task: report(host, task))
         report(host, "ready: restored and rebooted")
     after = rollback_.verify()
     for verdict in after.verdicts:
         _render_gpu(after.facts, verdict)
+
+
+def _preview_confirmed(preview, check: bool, yes: bool, question: str) -> bool:
+    """Show the preview's diffs; False under --check (nothing changes), else ask (or --yes)."""
+    _render_changes(preview, "would change" if check else "will change")
+    if check:
+        console.print("--check: nothing was changed")
+        return False
+    _confirm(yes, question)
+    return True
 
 
 def _confirm(yes: bool, question: str) -> None:
