@@ -6,35 +6,22 @@ progress events and a result gpuprov can reason about (what changed, what failed
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gpuprov.errors import GpuprovError
+from gpuprov.transport.events import Change, PlaybookResult, decode
+
+__all__ = ["Change", "PlaybookResult", "RunInterrupted", "playbook_path", "run_playbook"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Change:
-    host: str
-    task: str
-    diffs: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PlaybookResult:
-    rc: int
-    changes: list[Change]
-    failures: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0 and not self.failures
 
 
 def playbook_path(name: str | Path) -> Path:
@@ -72,17 +59,6 @@ def _strategy() -> dict[str, str]:
     return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear"}
 
 
-def _render_diff(diff: dict) -> str:
-    if "prepared" in diff:
-        return diff["prepared"]
-    before, after = diff.get("before", ""), diff.get("after", "")
-    header = f"--- {diff.get('before_header', 'before')}\n+++ {diff.get('after_header', 'after')}"
-    if isinstance(before, dict) or isinstance(after, dict):
-        return f"{header}\n- {before}\n+ {after}"
-    return f"{header}\n" + "".join(f"- {line}\n" for line in str(before).splitlines()) + "".join(
-        f"+ {line}\n" for line in str(after).splitlines())
-
-
 def run_playbook(
     name: str | Path,
     *,
@@ -91,36 +67,60 @@ def run_playbook(
     extravars: dict,
     check: bool = False,
     report: Callable[[str, str], None] | None = None,
+    forks: int | None = None,
 ) -> PlaybookResult:
-    """Run ``playbooks/<name>`` against ``limit``; ``report(host, task)`` sees each task start."""
-    import ansible_runner  # keeps the CLI's start fast
+    """Run ``playbooks/<name>`` against ``limit``; ``report(host, task)`` sees each task start.
 
-    changes: list[Change] = []
-    failures: list[str] = []
-    output: list[str] = []  # the last lines ansible-playbook printed, for failures without events
+    Ctrl-C cancels the run through ansible-runner and raises RunInterrupted, which carries
+    what each host had done by then.
+    """
+    events: list[dict] = []
 
     def on_event(event: dict) -> bool:
+        events.append(event)
         data = event.get("event_data", {})
-        kind, host, task = event.get("event"), data.get("host", ""), data.get("task", "")
-        if event.get("stdout"):
-            output[:] = [*output, *event["stdout"].splitlines()][-5:]
-        if kind == "runner_on_start" and report:
-            report(host, task)
-        elif kind == "runner_on_ok" and data.get("res", {}).get("changed"):
-            res = data["res"]
-            diffs = res.get("diff") or []
-            diffs = diffs if isinstance(diffs, list) else [diffs]
-            # Loop tasks report per item; the item results carry their own diffs.
-            for item in res.get("results", []):
-                item_diff = item.get("diff") or []
-                diffs += item_diff if isinstance(item_diff, list) else [item_diff]
-            changes.append(Change(host, task, [_render_diff(d) for d in diffs if d]))
-        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get(
-            "ignore_errors"
-        ):
-            res = data.get("res", {})
-            failures.append(f"{host}: {task}: {res.get('msg') or res.get('stderr') or res}")
+        if event.get("event") == "runner_on_start" and report:
+            report(data.get("host", ""), data.get("task", ""))
         return False  # keep nothing on disk: the temporary directory goes away anyway
+
+    with _interruptible() as interrupted:
+        options = ["--check"] if check else []
+        options += ["--diff", *([f"--forks={forks}"] if forks else [])]
+        rc = _run(name, inventory=inventory, limit=limit, extravars=extravars,
+                  options=" ".join(options), on_event=on_event, cancelled=interrupted.is_set)
+    result = decode(rc, events)
+    if interrupted.is_set():
+        raise RunInterrupted(result)
+    return result
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a playbook run; ``result`` says how far each host got."""
+
+    def __init__(self, result: PlaybookResult) -> None:
+        super().__init__()
+        self.result = result
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[threading.Event]:
+    """While a run is on, Ctrl-C asks ansible-runner to cancel it, rather than killing gpuprov
+    half-way through reading its events. Outside the main thread (no signals) it does nothing."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(name: str | Path, *, inventory: Path, limit: str, extravars: dict, options: str,
+         on_event: Callable[[dict], bool], cancelled: Callable[[], bool]) -> int:
+    """ansible-playbook, through ansible-runner, as users would run it; its exit status."""
+    import ansible_runner  # keeps the CLI's start fast
 
     private = Path(tempfile.mkdtemp(prefix="gpuprov-runner-"))
     try:
@@ -132,18 +132,16 @@ def run_playbook(
             inventory=str(Path(inventory).absolute()),
             limit=limit,
             extravars=extravars,
-            cmdline="--check --diff" if check else "--diff",
+            cmdline=options,
             envvars={"PATH": _search_path(),
                      "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"),
                      "ANSIBLE_FORCE_COLOR": "0",
                      **_strategy()},
             event_handler=on_event,
+            cancel_callback=cancelled,
             quiet=True,
             suppress_env_files=True,
         )
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    if runner.rc != 0 and not failures:
-        failures = [line for line in output if line.strip()] or [
-            f"ansible-playbook exited {runner.rc}"]
-    return PlaybookResult(runner.rc, changes, failures)
+    return runner.rc
