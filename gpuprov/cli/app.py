@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from gpuprov import __version__
 from gpuprov.cli import host, lab, vm
-from gpuprov.cli.output import err_console
-from gpuprov.errors import GpuprovError
+from gpuprov.cli.output import err_console, print_error
+from gpuprov.errors import GpuprovError, HostUnreachable
 
 app = typer.Typer(
     name="gpuprov",
@@ -69,11 +69,36 @@ def main() -> None:
     try:
         app()
     except GpuprovError as error:
-        # What went wrong quotes hosts, files and APIs ("[datastore1] ..."): never markup.
-        err_console.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False)
-        if error.hint:
-            err_console.print(f"[bold]hint:[/] {escape(error.hint)}", highlight=False)
+        print_error(error.message, error.hint)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as error:  # the one place a fault nobody decided becomes an exit code
+        decided = library_fault(error)
+        print_error(decided.message, decided.hint)
+        if os.environ.get("GPUPROV_DEBUG") == "1":
+            err_console.print_exception()
+        sys.exit(decided.exit_code)
+
+
+def library_fault(error: Exception) -> GpuprovError:
+    """A fault raised by a library, not decided by gpuprov, as a message and an exit code.
+
+    Each such fault is a gap in gpuprov's own checks; this keeps it from ending in a
+    traceback, and says how to get one for a report."""
+    module = type(error).__module__ or ""
+    report = ("this is a gap in gpuprov's checks; rerun with GPUPROV_DEBUG=1 for the "
+              "traceback and report it")
+    if module.startswith(("pyVmomi", "vmodl")):
+        text = getattr(error, "msg", None) or str(error)
+        return GpuprovError(f"vSphere refused the request: {type(error).__name__}: {text}",
+                            report)
+    if module.startswith(("requests", "urllib3")):
+        return HostUnreachable(f"an API did not answer as expected: {type(error).__name__}: "
+                               f"{error}", "check the address and that the API is up; " + report)
+    if module.startswith("ansible"):
+        return GpuprovError(f"Ansible failed: {error}", report)
+    if isinstance(error, OSError):
+        return GpuprovError(f"{type(error).__name__}: {error}", report)
+    return GpuprovError(f"internal error: {type(error).__name__}: {error}", report)

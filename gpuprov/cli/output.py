@@ -23,6 +23,14 @@ console = _console()
 err_console = _console(stderr=True)
 
 
+def print_error(message: str, hint: str | None = None) -> None:
+    """An error and what to do about it, on stderr. What went wrong quotes hosts, files and
+    APIs ("[datastore1] ..."): never markup."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    if hint:
+        err_console.print(f"[bold]hint:[/] {escape(hint)}", highlight=False)
+
+
 @contextmanager
 def progress() -> Iterator:
     """A ``report(subject, message)`` callback: live spinners on a terminal, lines otherwise."""

@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gpuprov.errors import GpuprovError, UsageError
+from gpuprov.errors import NotConfirmed, NotFoundError, Refused, UsageError
 from gpuprov.facts.pci import DeviceSelector, slot_of
-
-EXIT_REFUSED = 3
 
 MMIO_ENABLE = "pciPassthru.use64bitMMIO"
 MMIO_SIZE = "pciPassthru.64bitMMIOSizeGB"
@@ -56,10 +54,8 @@ def check_shape(name: str | None, cores: int, memory_mib: int) -> None:
                          "for example --memory 8G")
 
 
-class EsxiRefused(GpuprovError):
-    """A safety check said no; nothing was changed."""
-
-    exit_code = EXIT_REFUSED
+class EsxiRefused(Refused):
+    """A vSphere safety check said no; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -104,9 +100,9 @@ def card_functions(selector: DeviceSelector, functions: Iterable[PciFunction],
     chosen = sorted((f for f in functions if selector.matches(f.address)),
                     key=lambda f: f.address)
     if not chosen:
-        raise EsxiRefused(f"host {host} has no PCI device {selector}",
-                          f"list its devices with: gpuprov vm devices --hypervisor esxi "
-                          f"{target or '--host ' + host}")
+        raise NotFoundError(f"host {host} has no PCI device {selector}",
+                            f"list its devices with: gpuprov vm devices --hypervisor esxi "
+                            f"{target or '--host ' + host}")
     return chosen
 
 
@@ -298,7 +294,7 @@ def check_powered_off(vm: str, power_state: str) -> None:
 def check_converted(vm: str, current: VmSettings, confirmed: bool | None) -> None:
     """Refuse a BIOS VM the user did not agree to convert (``confirmed`` None: nothing asked)."""
     if confirmed is False:
-        raise EsxiRefused(
+        raise NotConfirmed(
             f"VM {vm} boots with {current.firmware.upper()} firmware; passthrough needs EFI, "
             "and switching can leave its installed guest unbootable",
             "convert it with --convert (or --yes), or create a new VM instead of --vm")

@@ -10,21 +10,18 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gpuprov.errors import GpuprovError, UsageError
+from gpuprov.errors import Refused, UsageError
 from gpuprov.facts.host import HostFacts
 from gpuprov.facts.pci import Gpu
 from gpuprov.plan.verdict import (
     BOOT_VGA,
-    EXIT_UNSAFE,
     SHARED_GROUP,
     GpuVerdict,
 )
 
 
-class SetupRefused(GpuprovError):
+class SetupRefused(Refused):
     """A GPU is unsafe to give to vfio-pci on this host; nothing was changed."""
-
-    exit_code = EXIT_UNSAFE
 
 
 @dataclass(frozen=True)
@@ -37,10 +34,9 @@ class SetupPlan:
     reasons: tuple[str, ...]  # why, one sentence per decision
     ready: bool  # every GPU is already isolated and on vfio-pci: nothing to do
 
-    def extravars(self, host: str) -> dict:
+    def host_vars(self) -> dict:
         """The variables for ``playbooks/host_setup.yml``, as a user would pass them with -e."""
         return {
-            "gpuprov_target": host,
             "vfio_pci_addresses": list(self.addresses),
             "vfio_bind_mode": self.bind_mode,
             "iommu_passthrough_mode": self.iommu_passthrough_mode,

@@ -14,15 +14,13 @@ from importlib import resources
 
 import jinja2
 
-from gpuprov.errors import GpuprovError, UsageError
+from gpuprov.errors import GpuprovError, Refused, UsageError
 
 DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}")
 
 
-class LibvirtRefused(GpuprovError):
-    """The host or domain is not in a state this passthrough can be done in (exit 3)."""
-
-    exit_code = 3
+class LibvirtRefused(Refused):
+    """The host or domain is not in a state this passthrough can be done in."""
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gpuprov.errors import GpuprovError, NotFoundError, UsageError
+from gpuprov.errors import NotFoundError, Refused, UsageError
 from gpuprov.facts.pci import DeviceSelector, slot_of
 
-EXIT_REFUSED = 3
 MAX_HOSTPCI = 16  # hostpci0..hostpci15
 # OVMF's default 64-bit PCI MMIO aperture; a card whose BARs (with room for alignment and the
 # VM's other devices) need more comes up with "BAR0 is 0M" in the guest.
@@ -27,10 +26,8 @@ IORESOURCE_MEM = 0x00000200
 IORESOURCE_MEM_64 = 0x00100000
 
 
-class ProxmoxRefused(GpuprovError):
-    """A safety check said no; nothing was changed."""
-
-    exit_code = EXIT_REFUSED
+class ProxmoxRefused(Refused):
+    """A Proxmox safety check said no; nothing was changed."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gpuprov.errors import NotFoundError, UsageError
+from gpuprov.errors import (
+    EXIT_NEEDS_SETUP,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    NotFoundError,
+    UsageError,
+)
 from gpuprov.facts.host import HostFacts
 from gpuprov.facts.pci import DeviceSelector, Gpu, PciDevice
 from gpuprov.plan.kernel import kernel_params
@@ -18,11 +25,6 @@ READY = "ready"
 NEEDS_SETUP = "needs setup"
 UNSAFE = "unsafe"
 
-# Exit codes of ``gpuprov host inspect`` (documented in its --help).
-EXIT_READY = 0
-EXIT_NEEDS_SETUP = 10
-EXIT_UNSAFE = 20
-EXIT_NO_GPU = 3
 
 
 # What a refusal is about, so a caller can accept exactly the ones the user accepted.
@@ -208,9 +210,9 @@ def gpu_verdicts(facts: HostFacts, gpus: Iterable[Gpu]) -> list[GpuVerdict]:
 def inspect_exit_code(verdicts: Sequence[GpuVerdict]) -> int:
     """0 all ready, 10 some need setup, 20 some unsafe, 3 no GPU at all."""
     if not verdicts:
-        return EXIT_NO_GPU
+        return EXIT_NOT_FOUND
     if any(v.status == UNSAFE for v in verdicts):
-        return EXIT_UNSAFE
+        return EXIT_REFUSED
     if any(v.status == NEEDS_SETUP for v in verdicts):
         return EXIT_NEEDS_SETUP
-    return EXIT_READY
+    return EXIT_OK

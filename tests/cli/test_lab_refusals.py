@@ -40,21 +40,21 @@ def test_port_already_taken(run_gpuprov, lab_root):
         busy.listen()
         port = busy.getsockname()[1]
         result = run_gpuprov("lab", "up", "p1", "--ssh-port", str(port), check=False)
-    _assert_refused(result, 4, f"port {port} on 127.0.0.1 is already in use")
+    _assert_refused(result, 1, f"port {port} on 127.0.0.1 is already in use")
     assert _no_hosts(lab_root)
 
 
 def test_missing_qemu(run_gpuprov, lab_root):
     result = run_gpuprov("lab", "up", "q1", env={"GPUPROV_QEMU": "/nonexistent/qemu"},
                          check=False)
-    _assert_refused(result, 4, "/nonexistent/qemu not found", "apt-get install qemu-system-x86")
+    _assert_refused(result, 1, "/nonexistent/qemu not found", "apt-get install qemu-system-x86")
     assert _no_hosts(lab_root)
 
 
 @pytest.mark.parametrize("variable", ["GPUPROV_OVMF_CODE", "GPUPROV_OVMF_VARS"])
 def test_missing_ovmf(run_gpuprov, lab_root, variable):
     result = run_gpuprov("lab", "up", "o1", env={variable: "/nonexistent/OVMF.fd"}, check=False)
-    _assert_refused(result, 4, "OVMF firmware not found: /nonexistent/OVMF.fd",
+    _assert_refused(result, 1, "OVMF firmware not found: /nonexistent/OVMF.fd",
                     "apt-get install ovmf")
     assert _no_hosts(lab_root)
 
@@ -74,7 +74,7 @@ def tiny_filesystem(tmp_path):
 def test_no_disk_space_for_the_lab(run_gpuprov, tiny_filesystem):
     result = run_gpuprov("lab", "up", "d1", env={"GPUPROV_LAB_DIR": str(tiny_filesystem / "lab")},
                          check=False)
-    _assert_refused(result, 4, f"not enough disk space in {tiny_filesystem / 'lab'}",
+    _assert_refused(result, 1, f"not enough disk space in {tiny_filesystem / 'lab'}",
                     "GiB needed")
     assert not (tiny_filesystem / "lab" / "hosts").exists()
 
@@ -82,7 +82,7 @@ def test_no_disk_space_for_the_lab(run_gpuprov, tiny_filesystem):
 def test_no_disk_space_to_build_the_image(run_gpuprov, tiny_filesystem):
     result = run_gpuprov("lab", "up", "d2", env={"GPUPROV_CACHE_DIR": str(tiny_filesystem)},
                          check=False)
-    _assert_refused(result, 4, f"not enough disk space in {tiny_filesystem}",
+    _assert_refused(result, 1, f"not enough disk space in {tiny_filesystem}",
                     "building the lab image")
 
 

@@ -28,3 +28,24 @@ def test_progress_lines_are_printed_verbatim(capsys):
     with progress() as report:
         report("[esx1]", QUOTED)
     assert f"[esx1]: {QUOTED}" in capsys.readouterr().err
+
+
+def test_a_library_fault_ends_in_a_message_and_an_exit_code_never_a_traceback(monkeypatch,
+                                                                             capsys):
+    import requests
+
+    for fault, code, phrase in [
+        (requests.ConnectionError("connection reset"), 4, "an API did not answer as expected"),
+        (KeyError("vm_id"), 1, "internal error: KeyError: 'vm_id'"),
+        (PermissionError(13, "Permission denied"), 1, "PermissionError"),
+    ]:
+        def broken(fault=fault):
+            raise fault
+
+        monkeypatch.setattr(cli_app, "app", broken)
+        with pytest.raises(SystemExit) as exited:
+            cli_app.main()
+        err = capsys.readouterr().err
+        assert exited.value.code == code, err
+        assert phrase in err and "GPUPROV_DEBUG=1" in err
+        assert "Traceback" not in err

@@ -60,7 +60,7 @@ def test_flags_of_other_backends_are_refused_before_any_connection(inspected, ar
 
 def test_a_card_not_yet_on_vfio_is_refused_with_the_host_stage_as_the_fix(inspected):
     error = _refusal("--gpu", "01:00")
-    assert error.exit_code == 3
+    assert error.exit_code == 20
     output = _said(error)
     assert "0000:01:00 on kvm1 is not ready for passthrough (needs setup)" in output
     assert "0000:01:00.0 is on bochs-drm, not vfio-pci" in output

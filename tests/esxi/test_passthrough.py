@@ -96,14 +96,14 @@ def test_devices_enable_then_reboot_through_maintenance_mode(run_gpuprov, vcsim)
     assert f"enabled: {A6000}" in enabled.stdout and f"enabled: {A6000_AUDIO}" in enabled.stdout
     assert "needs a reboot" in " ".join(enabled.stdout.split())
 
-    # Not a terminal, no --yes: nothing reboots.
-    _gpuprov(run_gpuprov, vcsim, "devices", "--reboot", code=3)
     si, content = _session(vcsim)
     host = _test_host(vcsim, content)
-    assert not host.runtime.inMaintenanceMode
     running = [vm for vm in host.vm if vm.runtime.powerState == "poweredOn"]
+    # Not a terminal, no --yes: nothing reboots (refused first if VMs run, else not confirmed).
+    _gpuprov(run_gpuprov, vcsim, "devices", "--reboot", code=20 if running else 2)
+    assert not host.runtime.inMaintenanceMode
     if running:  # the models start VMs; gpuprov refuses to reboot under them
-        refused = _gpuprov(run_gpuprov, vcsim, "devices", "--reboot", "--yes", code=3)
+        refused = _gpuprov(run_gpuprov, vcsim, "devices", "--reboot", "--yes", code=20)
         assert "runs VMs" in refused.stderr
         for vm in running:
             WaitForTask(vm.PowerOffVM_Task())
@@ -173,7 +173,7 @@ def test_device_without_passthrough_enabled_is_refused(run_gpuprov, vcsim):
     si, content = _session(vcsim)
     before = len(_test_host(vcsim, content).vm)
     refused = _gpuprov(run_gpuprov, vcsim, "passthrough", "--hypervisor", "esxi", "--gpu", A6000,
-                       code=3)
+                       code=20)
     assert f"passthrough is not enabled for {A6000}" in refused.stderr
     select = f" -o esx_host={_host_name(vcsim)}" if _host_name(vcsim) else ""
     assert (f"gpuprov vm devices --hypervisor esxi --host esx1{select} --enable {A6000}"
@@ -187,7 +187,7 @@ def test_bios_vm_refused_without_convert_then_converted(run_gpuprov, vcsim):
     si, content = _session(vcsim)
     vm = _new_vm(vcsim, content, "biosvm", "bios", "vmx-19")
     args = ("passthrough", "--hypervisor", "esxi", "--gpu", T4, "--vm", "biosvm", "--no-start")
-    refused = _gpuprov(run_gpuprov, vcsim, *args, code=3)
+    refused = _gpuprov(run_gpuprov, vcsim, *args, code=2)
     assert "BIOS firmware" in refused.stderr and "--convert" in refused.stderr
     assert vm.config.firmware == "bios"
     assert not vm.config.memoryReservationLockedToMax

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpuprov.errors import UsageError
+from gpuprov.errors import NotConfirmed, NotFoundError, UsageError
 from gpuprov.facts.pci import parse_address
 from gpuprov.hypervisors.esxi.connection import settings_from
 from gpuprov.plan import esxi as plan
@@ -59,8 +59,8 @@ def test_enabling_refuses_a_card_with_an_incapable_function():
         plan.plan_enable(card[:1], card, "esx1")
 
 
-def test_unknown_device_is_refused():
-    with pytest.raises(plan.EsxiRefused, match=r"no PCI device 0000:99:00\.0"):
+def test_unknown_device_is_not_found():
+    with pytest.raises(NotFoundError, match=r"no PCI device 0000:99:00\.0"):
         plan.card_functions(parse_address("99:00.0"), CARD, "esx1")
 
 
@@ -111,7 +111,7 @@ def test_conversion_of_a_bios_vm_lists_every_change_and_asks():
         "pciPassthru.use64bitMMIO: (unset) -> TRUE", "hypervisor.cpuid.v0: (unset) -> FALSE"]
     assert desired.extra_config["pciPassthru.64bitMMIOSizeGB"] == "256"  # never shrunk
     assert "convert VM old" in plan.conversion_question("old", changes)
-    with pytest.raises(plan.EsxiRefused, match="BIOS firmware") as refused:
+    with pytest.raises(NotConfirmed, match="BIOS firmware") as refused:
         plan.check_converted("old", current, confirmed=False)
     assert "--convert" in refused.value.hint
 

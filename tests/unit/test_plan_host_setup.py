@@ -29,8 +29,7 @@ def test_the_only_gpu_is_claimed_by_id_once_its_console_role_is_accepted(intel):
     assert setup.bind_mode == "ids"
     assert "claimed by vendor:device id (1234:1111, 8086:293e)" in setup.reasons[0]
     assert not setup.ready
-    assert setup.extravars("lab1") == {
-        "gpuprov_target": "lab1",
+    assert setup.host_vars() == {
         "vfio_pci_addresses": ["0000:01:00.0", "0000:01:00.1"],
         "vfio_bind_mode": "ids",
         "iommu_passthrough_mode": False,
@@ -102,7 +101,7 @@ def test_ready_means_nothing_to_do_unless_iommu_pt_is_asked_for(intel):
     assert plan(bound).ready  # a ready card is no longer a console to warn about
     with_pt = plan(bound, iommu_passthrough_mode=True)
     assert not with_pt.ready
-    assert with_pt.extravars("lab1")["iommu_passthrough_mode"] is True
+    assert with_pt.host_vars()["iommu_passthrough_mode"] is True
     assert "iommu=pt goes on the kernel command line" in with_pt.reasons[-1]
 
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpuprov.errors import NotConfirmed
 from gpuprov.facts.pci import DeviceSelector
 from gpuprov.hypervisors.base import (
     Confirm,
@@ -178,8 +179,8 @@ def _reboot(conn: _Connection, host, devices: list[str], report: Report, confirm
             "shut them down (or migrate them) and run this again")
     if not confirm(f"put host {host.name} into maintenance mode and reboot it",
                    [f"passthrough change waiting on {d}" for d in devices]):
-        raise plan.EsxiRefused(f"rebooting host {host.name} was not confirmed",
-                               "add --yes to reboot without asking")
+        raise NotConfirmed(f"rebooting host {host.name} was not confirmed",
+                         "add --yes to reboot without asking")
     redact = conn.settings.redact
     if not host.runtime.inMaintenanceMode:
         vsphere.wait(host.EnterMaintenanceMode_Task(timeout=0), report, host.name,

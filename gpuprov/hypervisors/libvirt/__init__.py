@@ -16,7 +16,13 @@ from pathlib import Path
 import paramiko
 
 from gpuprov import inventory as inventory_
-from gpuprov.errors import GpuprovError, HostUnreachable, NotFoundError, UsageError
+from gpuprov.errors import (
+    GpuprovError,
+    HostUnreachable,
+    NotConfirmed,
+    NotFoundError,
+    UsageError,
+)
 from gpuprov.hypervisors.base import (
     Confirm,
     PassthroughRequest,
@@ -262,7 +268,7 @@ class _Job:
                             f"reading {name}")
         after, conversions = plan.attach_xml(before, self.functions)
         if conversions and not confirm(f"convert domain {name} for passthrough", conversions):
-            raise plan.LibvirtRefused(
+            raise NotConfirmed(
                 f"domain {name} must change for passthrough: {'; '.join(conversions)}",
                 "run again with --convert to change it (nothing was changed)")
         try:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpuprov.errors import GpuprovError, NotFoundError
+from gpuprov.errors import GpuprovError, NotConfirmed, NotFoundError
 from gpuprov.facts.pci import DeviceSelector
 from gpuprov.hypervisors.base import (
     Confirm,
@@ -365,7 +365,7 @@ class _Job:
         changes = plan.conversion(config, self._storage() if "efidisk0" not in config else "")
         if changes and not confirm(f"convert VM {vmid} ({config.get('name', '')}) for "
                                    "passthrough", plan.describe_conversion(config, changes)):
-            raise plan.ProxmoxRefused(
+            raise NotConfirmed(
                 f"VM {vmid} must change before it can take the card: "
                 + "; ".join(plan.describe_conversion(config, changes)),
                 "run again with --convert to change it (nothing was changed)")
