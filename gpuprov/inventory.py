@@ -102,6 +102,35 @@ def host_vars(name: str, inventory: Path | None = None) -> HostVars:
     return HostVars(variables, Templar(loader=loader, variables=variables))
 
 
+def hosts_matching(pattern: str, inventory: Path | None = None) -> list[str]:
+    """The inventory hosts an Ansible host pattern names (``pve1``, ``gpu_hosts``, ``gpu*``,
+    ``gpu_hosts:!pve3``), in inventory order, which is the order Ansible runs them in.
+
+    NotFoundError if it names none; UsageError if the inventory does not parse."""
+    inventory = inventory or default_inventory()
+    if not inventory.exists():
+        raise NotFoundError(
+            f"inventory {inventory} does not exist",
+            "pass an Ansible inventory with -i, or create lab hosts with: gpuprov lab up")
+    from ansible.inventory import manager as ansible_inventory
+    from ansible.parsing.dataloader import DataLoader
+
+    manager = _read(inventory, DataLoader())
+    # Ansible warns about a pattern that matches nothing; the error below says it better.
+    with _replaced(ansible_inventory.display, "warning", lambda *args, **kwargs: None):
+        names = [host.name for host in manager.list_hosts(pattern)]
+    if not names:
+        known = ", ".join(sorted(h for h in manager.hosts)) or "none"
+        what = "no host named" if _is_one_name(pattern) else "no host matches"
+        raise NotFoundError(f"{what} {pattern!r} in the inventory {inventory}",
+                            f"the hosts there are: {known}")
+    return names
+
+
+def _is_one_name(pattern: str) -> bool:
+    return not any(c in pattern for c in ":,!&*?[~")
+
+
 def _read(inventory: Path, loader):
     """Ansible's InventoryManager for ``inventory``; UsageError if no plugin could parse it.
 

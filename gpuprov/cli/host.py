@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.prompt import Confirm
-from rich.syntax import Syntax
+from rich.markup import escape
 from rich.table import Table
 
-from gpuprov.cli.output import console, err_console, progress
-from gpuprov.errors import GpuprovError, UsageError
+from gpuprov.cli.output import console, err_console
+from gpuprov.cli.stages import (
+    CheckOption,
+    ForksOption,
+    JsonOption,
+    MaxFailOption,
+    SerialOption,
+    StageUi,
+    check_json,
+    finish,
+)
+from gpuprov.errors import worst
 
 app = typer.Typer(
     help="Inspect a host and prepare it: IOMMU on, the GPU bound to vfio-pci.",
@@ -28,26 +36,79 @@ InventoryOption = Annotated[Path | None, typer.Option(
 @app.command(epilog=(
     "Exit codes: 0 every GPU (or every one named) is ready; 10 some need setup; 20 some are "
     "unsafe to pass through; 3 no GPU found, or the named device is not there; 2 bad input; "
-    "4 the host did not answer over SSH; 1 the probe failed."
+    "4 the host did not answer over SSH; 1 the probe failed. Over several hosts: the worst "
+    "host's code (README, Exit codes)."
 ))
 def inspect(
-    host: Annotated[str, typer.Argument(help="Inventory host name.")],
+    pattern: Annotated[str, typer.Argument(
+        help="Inventory host, or an Ansible host pattern (a group, gpu*, gpu_hosts:!pve3).",
+        metavar="HOST")],
     inventory: InventoryOption = None,
     gpu: Annotated[list[str] | None, typer.Option(
         "--gpu", help="Only this GPU (26:00, 26:00.0 or 0000:26:00.0); repeatable.",
         show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    forks: ForksOption = 16,
 ) -> None:
     """Report the IOMMU, boot loader, kernel command line and every GPU, with a verdict per GPU:
-    ready, needs setup (and what), or unsafe (why, and the fix). Changes nothing."""
-    from gpuprov.stages import inspect as stage  # keeps --help fast
+    ready, needs setup (and what), or unsafe (why, and the fix). Changes nothing. Over several
+    hosts, one table."""
+    from gpuprov import inventory as inventory_  # keeps --help fast
+    from gpuprov.stages import inspect as stage
 
-    result = stage.run(host, inventory=inventory, gpus=gpu or [])
+    gpus = _selectors(gpu)
+    hosts = inventory_.hosts_matching(pattern, inventory)
+    if hosts == [pattern]:
+        result = stage.run(pattern, inventory=inventory, gpus=gpus)
+        if as_json:
+            console.print_json(json.dumps(result.to_json()))
+        else:
+            _render(result)
+        raise typer.Exit(result.exit_code)
+    results = stage.run_many(hosts, inventory=inventory, gpus=gpus, forks=forks)
+    code = worst(r.exit_code for r in results)
     if as_json:
-        console.print_json(json.dumps(result.to_json()))
+        console.print_json(json.dumps({"exit_code": code, "hosts": [
+            r.to_json() if isinstance(r, stage.InspectResult)
+            else {"host": h, "exit_code": r.exit_code, "error": r.message, "hint": r.hint}
+            for h, r in zip(hosts, results, strict=True)]}))
     else:
-        _render(result)
-    raise typer.Exit(result.exit_code)
+        _render_fleet(hosts, results)
+    raise typer.Exit(code)
+
+
+def _selectors(gpu: list[str] | None) -> list[str]:
+    """--gpu values, checked before any host is read."""
+    from gpuprov.facts import parse_address
+
+    for address in gpu or []:
+        parse_address(address)
+    return gpu or []
+
+
+def _render_fleet(hosts, results) -> None:
+    from gpuprov.stages.inspect import InspectResult
+
+    table = Table("host", "ssh", "CPU", "IOMMU", "boot loader", "GPUs", "exit",
+                  title=f"{len(hosts)} hosts", title_justify="left")
+    for host, result in zip(hosts, results, strict=True):
+        if not isinstance(result, InspectResult):
+            table.add_row(escape(host), "", "", "", "", f"[red]{escape(result.message)}[/]",
+                          str(result.exit_code))
+            continue
+        facts = result.facts
+        gpus = "\n".join(f"{v.gpu.slot}: [{VERDICT_STYLE[v.status]}]{v.status}[/]"
+                         for v in result.verdicts) or "none"
+        table.add_row(escape(host), escape(result.address), facts.cpu_vendor,
+                      _yes_no(facts.iommu_active, "active", "off"), str(facts.bootloader),
+                      gpus, str(result.exit_code))
+    console.print(table)
+    for host, result in zip(hosts, results, strict=True):
+        if not isinstance(result, InspectResult) and result.hint:
+            err_console.print(f"hint: {escape(host)}: {escape(result.hint)}", highlight=False)
+
+
+VERDICT_STYLE = {"ready": "green", "needs setup": "yellow", "unsafe": "red"}
 
 
 def _yes_no(value: bool | None, yes: str = "yes", no: str = "no") -> str:
@@ -115,7 +176,7 @@ def _located(facts, paths) -> str:
 
 def _render_gpu(facts, verdict) -> None:
     gpu = verdict.gpu
-    colour = {"ready": "green", "needs setup": "yellow", "unsafe": "red"}[verdict.status]
+    colour = VERDICT_STYLE[verdict.status]
     table = Table("function", "ids", "device", "driver", "group", "boot VGA",
                   title=f"GPU {gpu.slot}: [{colour}]{verdict.status}[/]", title_justify="left")
     for f in gpu.functions:
@@ -139,17 +200,19 @@ def _render_gpu(facts, verdict) -> None:
 YesOption = Annotated[bool, typer.Option(
     "--yes", "-y", help="Go ahead without asking, and accept that the card is the host's "
     "console (boot VGA).")]
-CheckOption = Annotated[bool, typer.Option(
-    "--check", help="Show exactly what would change (with diffs); change nothing.")]
+PatternArgument = Annotated[str, typer.Argument(
+    help="Inventory host, or an Ansible host pattern (a group, gpu*, gpu_hosts:!pve3).",
+    metavar="HOST")]
 
 
 @app.command(epilog=(
-    "Exit codes: 0 done (or nothing to do, or --check); 20 refused as unsafe (nothing changed); "
-    "2 bad input or not confirmed; 3 no such host or GPU; 4 the host did not answer; 1 the "
-    "playbook or the verification failed."
+    "Exit codes: 0 done (or nothing to do, or --check); 20 refused as unsafe (nothing "
+    "changed); 2 bad input or not confirmed; 3 no such host or GPU; 4 the host did not answer; "
+    "1 the playbook or the verification failed. Over several hosts: the worst host's code "
+    "(README, Exit codes)."
 ))
 def setup(
-    host: Annotated[str, typer.Argument(help="Inventory host name.")],
+    pattern: PatternArgument,
     inventory: InventoryOption = None,
     gpu: Annotated[list[str] | None, typer.Option(
         "--gpu", help="The card to give to vfio-pci (26:00, 26:00.0 or 0000:26:00.0); "
@@ -164,144 +227,86 @@ def setup(
         "--iommu-pt", help="Also add iommu=pt: devices the host keeps skip DMA translation "
         "(faster host I/O, less isolation for them; passed-through devices stay isolated).")
     ] = False,
+    serial: SerialOption = None,
+    max_fail: MaxFailOption = None,
+    forks: ForksOption = 16,
+    as_json: JsonOption = False,
 ) -> None:
     """Turn the IOMMU on and give the GPU to vfio-pci: inspect, plan, confirm, apply the roles
     through playbooks/host_setup.yml, reboot once, verify. A second run changes nothing."""
-    from gpuprov.stages.host_setup import Setup  # keeps --help fast
+    from gpuprov.stages import engine  # keeps --help fast
+    from gpuprov.stages.host_setup import HostSetup
 
+    check_json(as_json, yes, check)
     # --check changes nothing, so it shows the plan even where the real run needs --yes.
-    setup_ = Setup.prepare(host, inventory=inventory, gpus=gpu or [],
-                           accept_shared_group=accept_shared_group, assume_yes=yes or check,
-                           iommu_passthrough_mode=iommu_pt)
-    _render_plan(setup_)
-    if yes and not check and not setup_.plan.ready:
-        # Confirmed in advance, with work to do: the run's own diffs are the preview. A
-        # check-mode pass first would walk the host twice (about 15 s on a lab host).
-        applied = _apply_setup(setup_, host)
-        _render_changes(applied, "changed")
-    else:
-        # Even a ready host gets the preview: its files may have drifted from what it runs now.
-        preview = setup_.preview()
-        if not preview.changes:
-            if not setup_.plan.ready:
-                raise GpuprovError(
-                    f"{host}'s configuration is already in place but not active: it has not "
-                    "booted into it",
-                    f"reboot {host}, then check with: gpuprov host inspect {host}")
-            console.print(f"[green]nothing to do:[/] {host} is ready and its configuration "
-                          "matches; no change, no reboot")
-            return
-        if not _preview_confirmed(preview, check, yes,
-                                  f"apply these changes to {host} and reboot it once?"):
-            return
-        applied = _apply_setup(setup_, host)
-    after = setup_.verify()
-    _render_done(after, applied)
+    stage = HostSetup(gpus=_selectors(gpu), accept_shared_group=accept_shared_group,
+                      assume_yes=yes or check, iommu_passthrough_mode=iommu_pt)
+    ui = StageUi(question=lambda hosts: f"apply these changes to {', '.join(hosts)} and "
+                 "reboot each once?", yes=yes, as_json=as_json, render_plan=_render_plan)
+    run = engine.run(stage, pattern, inventory, engine.Request(
+        check=check, yes=yes, serial=serial, max_fail=max_fail, forks=forks), ui)
+    finish(run, as_json=as_json, render_done=_render_done)
 
 
-def _apply_setup(setup_, host: str):
-    from gpuprov.stages.host_setup import PlaybookFailed
-
-    try:
-        with progress() as report:
-            applied = setup_.apply(lambda _host, task: report(host, task))
-            report(host, "ready: applied, rebooted and verified by the playbook")
-    except PlaybookFailed as failed:
-        if failed.result.changes:
-            raise
-        # Nothing needed changing, yet the host is not ready: it has not booted into its
-        # configuration (the playbook's verification says what is missing).
-        raise GpuprovError(f"{failed.message}\n  nothing was changed on {host}",
-                           f"{failed.hint}; if {host}'s configuration is in place and only "
-                           f"the reboot is missing, reboot it, then check with: gpuprov host "
-                           f"inspect {host}") from None
-    return applied
-
-
-@app.command()
+@app.command(epilog=(
+    "Exit codes: 0 done (or nothing to undo, or --check); 2 not confirmed; 3 no such host; "
+    "4 the host did not answer; 1 the playbook failed. Over several hosts: the worst host's "
+    "code."
+))
 def rollback(
-    host: Annotated[str, typer.Argument(help="Inventory host name.")],
+    pattern: PatternArgument,
     inventory: InventoryOption = None,
     check: CheckOption = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Go ahead without asking.")] = False,
+    serial: SerialOption = None,
+    max_fail: MaxFailOption = None,
+    forks: ForksOption = 16,
+    as_json: JsonOption = False,
 ) -> None:
-    """Undo host setup: put back the backed-up files, remove the ones gpuprov added, rebuild
-    the boot configuration and initramfs, reboot once (playbooks/host_rollback.yml)."""
-    from gpuprov.stages.host_setup import Rollback
+    """Undo host setup: put back what the roles recorded (each edited file from its backup,
+    each added file removed), rebuild the boot configuration and initramfs, reboot once
+    (playbooks/host_rollback.yml)."""
+    from gpuprov.stages import engine
+    from gpuprov.stages.host_setup import HostRollback
 
-    rollback_ = Rollback.prepare(host, inventory=inventory)
-    preview = rollback_.preview()
-    if not preview.changes:
-        console.print(f"[green]nothing to do:[/] {host} has no gpuprov changes to undo")
-        return
-    if not _preview_confirmed(preview, check, yes,
-                              f"restore {host}'s original files and reboot it once?"):
-        return
-    with progress() as report:
-        rollback_.apply(lambda _host, task: report(host, task))
-        report(host, "ready: restored and rebooted")
-    after = rollback_.verify()
-    for verdict in after.verdicts:
-        _render_gpu(after.facts, verdict)
+    check_json(as_json, yes, check)
+    ui = StageUi(question=lambda hosts: f"restore the original files of {', '.join(hosts)} "
+                 "and reboot each once?", yes=yes, as_json=as_json, render_plan=lambda _: None)
+    run = engine.run(HostRollback(), pattern, inventory, engine.Request(
+        check=check, yes=yes, serial=serial, max_fail=max_fail, forks=forks), ui)
 
+    def render_done(outcome) -> None:
+        for verdict in outcome.verified.verdicts:
+            _render_gpu(outcome.verified.facts, verdict)
+        console.print(f"[green]restored:[/] {escape(outcome.host)}: {escape(outcome.message)}",
+                      highlight=False)
 
-def _preview_confirmed(preview, check: bool, yes: bool, question: str) -> bool:
-    """Show the preview's diffs; False under --check (nothing changes), else ask (or --yes)."""
-    _render_changes(preview, "would change" if check else "will change")
-    if check:
-        console.print("--check: nothing was changed")
-        return False
-    _confirm(yes, question)
-    return True
+    finish(run, as_json=as_json, render_done=render_done)
 
 
-def _confirm(yes: bool, question: str) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError("not confirmed: standard input is not a terminal",
-                         "review the plan above (or run with --check), then pass --yes")
-    if not Confirm.ask(question, console=err_console, default=False):
-        raise typer.Abort()
-
-
-def _render_plan(setup_) -> None:
-    plan = setup_.plan
+def _render_plan(outcome) -> None:
+    plan, before = outcome.plan, outcome.gathered
     table = Table("function", "ids", "driver now", "group", "after setup",
-                  title=f"plan for {setup_.target.host}", title_justify="left")
+                  title=f"plan for {escape(outcome.host)}", title_justify="left")
     for address in plan.addresses:
-        device = setup_.before.facts.device(address)
+        device = before.facts.device(address)
         table.add_row(address, device.vendor_device if device else "?",
                       (device.driver if device else None) or "none",
                       "-" if not device or device.iommu_group is None
                       else str(device.iommu_group), "vfio-pci")
     console.print(table)
-    params = setup_.before.kernel_params
-    for reason in (*params.reasons, *plan.reasons):
-        console.print(f"  {reason}", highlight=False)
-    for verdict in setup_.before.verdicts:
+    for reason in (*before.kernel_params.reasons, *plan.reasons):
+        console.print(f"  {escape(reason)}", highlight=False)
+    for verdict in before.verdicts:
         if verdict.gpu in plan.gpus and not plan.ready:
             for warning in verdict.warnings:
-                console.print(f"  [yellow]warning:[/] {warning.reason}; {warning.fix}",
-                              highlight=False)
+                console.print(f"  [yellow]warning:[/] {escape(warning.reason)}; "
+                              f"{escape(warning.fix)}", highlight=False)
 
 
-def _render_changes(result, heading: str) -> None:
-    if not result.changes:
-        console.print(f"{heading}: nothing")
-        return
-    console.print(f"[bold]{heading}:[/]")
-    for change in result.changes:
-        console.print(f"  [yellow]~[/] {change.task}", highlight=False)
-        for diff in change.diffs:
-            console.print(Syntax(diff.rstrip("\n"), "diff", theme="ansi_dark",
-                                 background_color="default"), highlight=False)
-
-
-def _render_done(after, applied) -> None:
+def _render_done(outcome) -> None:
+    after = outcome.verified
     for verdict in after.verdicts:
         _render_gpu(after.facts, verdict)
-    rebooted = any("Reboot" in c.task for c in applied.changes)
-    console.print(f"[green]ready:[/] {after.host}: every function on vfio-pci, "
-                  f"/dev/vfio present ({len(applied.changes)} changes, "
-                  f"{'one reboot' if rebooted else 'no reboot'})")
+    console.print(f"[green]ready:[/] {escape(outcome.host)}: every function on vfio-pci, "
+                  f"/dev/vfio present ({escape(outcome.message)})", highlight=False)

@@ -102,3 +102,17 @@ def run(host: str, *, inventory: Path | None = None, gpus: Sequence[str] = ()) -
         kernel_params=kernel_params(facts),
         verdicts=tuple(gpu_verdicts(facts, chosen)),
     )
+
+
+def run_many(hosts: Sequence[str], *, inventory: Path | None = None, gpus: Sequence[str] = (),
+             forks: int = 16) -> list[InspectResult | GpuprovError]:
+    """``run`` on every host, ``forks`` at once; each host's result or error, in order."""
+    from gpuprov.stages.engine import in_parallel
+
+    def one(host: str) -> InspectResult | GpuprovError:
+        try:
+            return run(host, inventory=inventory, gpus=gpus)
+        except GpuprovError as error:
+            return error
+
+    return in_parallel(one, hosts, forks)

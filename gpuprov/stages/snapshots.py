@@ -38,7 +38,9 @@ class HostSetupSnapshot:
     name: str = "host-setup"
     sources: tuple[str, ...] = (
         "playbooks/host_setup.yml", "roles/iommu/**/*", "roles/vfio/**/*",
+        "roles/host_lock/**/*", "roles/rollback_record/**/*",
         "gpuprov/plan/**/*", "gpuprov/facts/**/*", "gpuprov/stages/host_setup.py",
+        "gpuprov/stages/engine.py",
     )
     request: dict = field(default_factory=lambda: {
         "gpus": [], "accept_shared_group": False, "iommu_passthrough_mode": False})
@@ -47,16 +49,44 @@ class HostSetupSnapshot:
         return {"files": digest_sources(self.sources), "request": self.request}
 
     def run(self, lab, host: str, report: Report) -> dict:
-        from gpuprov.stages.host_setup import Setup
+        from gpuprov.errors import GpuprovError
+        from gpuprov.stages import engine
+        from gpuprov.stages.host_setup import HostSetup
 
-        setup = Setup.prepare(host, inventory=lab.inventory_file, assume_yes=True,
-                              **self.request)
-        report(host, f"host setup: {len(setup.plan.gpus)} GPU(s) to vfio-pci")
-        setup.apply(lambda _host, message: report(host, f"host setup: {message}"))
-        after = setup.verify()
+        stage = HostSetup(gpus=self.request["gpus"], assume_yes=True,
+                          accept_shared_group=self.request["accept_shared_group"],
+                          iommu_passthrough_mode=self.request["iommu_passthrough_mode"])
+        [outcome] = engine.run(stage, host, lab.inventory_file, engine.Request(yes=True),
+                               _Reporting(host, report)).outcomes
+        if outcome.status not in (engine.DONE, engine.NOTHING_TO_DO):
+            raise GpuprovError(f"host setup of {host} for its snapshot: {outcome.message}",
+                               outcome.hint)
         report(host, "host setup: verified, every planned function on vfio-pci")
-        return {"variables": setup.extravars,
+        after = outcome.verified or outcome.gathered
+        return {"variables": outcome.plan.host_vars(),
                 "verdicts": {v.gpu.slot: v.status for v in after.verdicts}}
+
+
+@dataclass(frozen=True)
+class _Reporting:
+    """The engine's Ui for a snapshot: confirmed in advance, progress as lab messages."""
+
+    host: str
+    report: Report
+
+    def planned(self, outcomes) -> None:
+        pass
+
+    def changes(self, result, heading: str) -> None:
+        pass
+
+    def confirm(self, hosts) -> None:
+        pass
+
+    def progress(self):
+        from contextlib import nullcontext
+
+        return nullcontext(lambda _host, task: self.report(self.host, f"host setup: {task}"))
 
 
 STAGES = {stage.name: stage for stage in (HostSetupSnapshot(),)}

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from gpuprov import inventory as inventory_
 from gpuprov.cli.app import app
+from gpuprov.errors import HostUnreachable
 from gpuprov.facts import parse_host_facts
 from gpuprov.plan import gpu_verdicts, kernel_params
 from gpuprov.stages import inspect as stage
@@ -96,6 +98,7 @@ def stubbed(monkeypatch):
         return result
 
     monkeypatch.setattr(stage, "run", run)
+    monkeypatch.setattr(inventory_, "hosts_matching", lambda pattern, inventory: [pattern])
     return calls
 
 
@@ -121,3 +124,29 @@ def test_tables_show_the_summary_signals_and_verdict(stubbed):
                    "0000:01:00.0 is on bochs-drm, not vfio-pci", "boot VGA",
                    "enp0s2 on 0000:00:02.0, IOMMU group 2"):
         assert phrase in out, phrase
+
+
+def test_a_pattern_gets_one_table_and_the_worst_exit_code(monkeypatch):
+    facts = parse_host_facts((FIXTURES / "lab-intel-grub.txt").read_text())
+
+    def run(host, *, inventory=None, gpus=()):
+        if host == "gpu3":
+            raise HostUnreachable(f"cannot reach {host} over SSH", "check that it is up")
+        return stage.InspectResult(host, f"root@{host}:22", facts, kernel_params(facts),
+                                   tuple(gpu_verdicts(facts, facts.gpus)))
+
+    monkeypatch.setattr(stage, "run", run)
+    monkeypatch.setattr(inventory_, "hosts_matching",
+                        lambda pattern, inventory: ["gpu1", "gpu2", "gpu3"])
+    result = CliRunner().invoke(app, ["host", "inspect", "gpu_hosts"], env={"COLUMNS": "200"})
+    assert result.exit_code == 4, result.output
+    assert "3 hosts" in result.stdout
+    for host in ("gpu1", "gpu2", "gpu3"):
+        assert host in result.stdout
+    assert result.stdout.count("0000:01:00: needs setup") == 2
+    assert "cannot reach gpu3 over SSH" in result.stdout
+    document = json.loads(CliRunner().invoke(
+        app, ["host", "inspect", "gpu_hosts", "--json"]).stdout)
+    assert document["exit_code"] == 4
+    assert [h["exit_code"] for h in document["hosts"]] == [10, 10, 4]
+    assert document["hosts"][2]["error"] == "cannot reach gpu3 over SSH"

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.vm
 
 GPU = ("0000:01:00.0", "0000:01:00.1")
 ADDED_FILES = "/etc/modprobe.d/gpuprov-vfio.conf /var/backups/gpuprov"
+BACKUPS = "/var/backups/gpuprov-elsewhere"  # both roles' backups, moved by host_vars
 
 
 def _ssh(run_gpuprov, name: str, command: str) -> str:
@@ -31,8 +32,20 @@ def _untouched(run_gpuprov, name: str) -> bool:
     return _ssh(run_gpuprov, name, f"ls -d {ADDED_FILES} 2>/dev/null | wc -l") == "0"
 
 
-def test_setup_once_then_nothing_to_do_then_rollback(run_gpuprov):
+def _inventory_with_own_backup_dirs(lab_root, tmp_path):
+    """The lab's inventory as an inventory directory whose host_vars move both roles' backups
+    away from the default: rollback must find them from the roles' records alone."""
+    inventory = tmp_path / "inventory"
+    (inventory / "host_vars").mkdir(parents=True)
+    (inventory / "lab.yml").symlink_to(lab_root / "inventory.yml")
+    (inventory / "host_vars" / "hs.yml").write_text(
+        f"iommu_backup_dir: {BACKUPS}/iommu\nvfio_backup_dir: {BACKUPS}/vfio\n")
+    return str(inventory)
+
+
+def test_setup_once_then_nothing_to_do_then_rollback(run_gpuprov, lab_root, tmp_path):
     run_gpuprov("lab", "up", "hs")
+    inventory = _inventory_with_own_backup_dirs(lab_root, tmp_path)
     try:
         booted = _boot_id(run_gpuprov, "hs")
 
@@ -42,7 +55,7 @@ def test_setup_once_then_nothing_to_do_then_rollback(run_gpuprov):
         assert "0000:01:00.0 is the boot VGA device" in refused.stderr
         assert "--yes" in refused.stderr
 
-        done = run_gpuprov("host", "setup", "hs", "--gpu", "01:00", "--yes")
+        done = run_gpuprov("host", "setup", "hs", "--gpu", "01:00", "--yes", "-i", inventory)
         # The plan names every function; confirmed in advance, the run shows the files' diffs.
         assert "0000:01:00.1" in done.stdout and "vfio-pci" in done.stdout
         assert "changed:" in done.stdout
@@ -52,6 +65,8 @@ def test_setup_once_then_nothing_to_do_then_rollback(run_gpuprov):
         assert "one reboot" in done.stdout
         rebooted = _boot_id(run_gpuprov, "hs")
         assert rebooted != booted
+        assert _ssh(run_gpuprov, "hs", f"test -f {BACKUPS}/vfio/etc/initramfs-tools/modules "
+                    "&& test ! -e /var/backups/gpuprov && echo elsewhere") == "elsewhere"
 
         # Proof from the host itself, not from our own report.
         assert _drivers(run_gpuprov, "hs") == ["vfio-pci", "vfio-pci"]
@@ -63,16 +78,19 @@ def test_setup_once_then_nothing_to_do_then_rollback(run_gpuprov):
         assert _ssh(run_gpuprov, "hs", f"test -c /dev/vfio/{group} && echo yes") == "yes"
 
         # A second run changes nothing and does not reboot.
-        again = run_gpuprov("host", "setup", "hs", "--yes")
+        again = run_gpuprov("host", "setup", "hs", "--yes", "-i", inventory)
         assert "nothing to do: hs is ready and its configuration matches" in again.stdout
         assert _boot_id(run_gpuprov, "hs") == rebooted
 
+        # The lab's own inventory, which does not know where the backups went: the records do.
         undone = run_gpuprov("host", "rollback", "hs", "--yes")
         assert "will change:" in undone.stdout
         assert _drivers(run_gpuprov, "hs") == ["bochs-drm", "snd_hda_intel"]
         assert _ssh(run_gpuprov, "hs", "ls /etc/modprobe.d/gpuprov-vfio.conf 2>&1 || true") \
             .endswith("No such file or directory")
         assert run_gpuprov("host", "inspect", "hs", check=False).returncode == 10
+        # Every record was undone and forgotten.
+        assert _ssh(run_gpuprov, "hs", "ls -A /var/lib/gpuprov/rollback") == ""
         assert "nothing to do" in run_gpuprov("host", "rollback", "hs", "--yes").stdout
     finally:
         run_gpuprov("lab", "destroy", "hs")

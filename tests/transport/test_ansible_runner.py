@@ -3,11 +3,13 @@ localhost over the local connection: changes and their diffs, check mode, failur
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from gpuprov.transport.ansible import run_playbook
+from gpuprov.transport.ansible import RunInterrupted, run_playbook
 
 PLAYBOOK = """\
 - name: Write one file, fail on request
@@ -80,3 +82,43 @@ def test_a_relative_inventory_path_reaches_its_hosts(project, tmp_path, monkeypa
                           extravars={"who": "lab", "target": str(target)})
     assert result.ok and [c.task for c in result.changes] == ["Write the greeting"]
     assert target.read_text() == "hello lab\n"
+
+
+SLOW_PLAYBOOK = """\
+- name: Write one file, then take long
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Write the greeting
+      ansible.builtin.copy:
+        content: "hello\\n"
+        dest: "{{ target }}"
+        mode: "0644"
+    - name: Take long
+      ansible.builtin.command: sleep 60
+      changed_when: true
+    - name: Write after
+      ansible.builtin.copy:
+        content: "after\\n"
+        dest: "{{ target }}.after"
+        mode: "0644"
+"""
+
+
+def test_ctrl_c_cancels_the_run_and_says_what_each_host_had_done(project, tmp_path):
+    _, inventory = project
+    playbook = tmp_path / "slow.yml"
+    playbook.write_text(SLOW_PLAYBOOK)
+    target = tmp_path / "greeting"
+
+    def interrupt_at_the_long_task(host, task):
+        if task == "Take long":
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+
+    with pytest.raises(RunInterrupted) as interrupted:
+        run_playbook(playbook, inventory=inventory, limit="here",
+                     extravars={"target": str(target)}, report=interrupt_at_the_long_task)
+    run = interrupted.value.result.host("here")
+    assert [c.task for c in run.changes] == ["Write the greeting"]
+    assert run.last_task == "Take long"
+    assert target.exists() and not Path(f"{target}.after").exists()

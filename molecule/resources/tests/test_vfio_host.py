@@ -5,6 +5,8 @@ Shared by the host-setup scenarios; each scenario's host vars say what to expect
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 
@@ -58,3 +60,25 @@ def test_drivers_ordered_not_blacklisted(host):
     assert conf.contains("softdep snd_hda_intel pre: vfio-pci")
     assert host.run("grep -rl '^blacklist' /etc/modprobe.d/").stdout.strip() == ""
     assert host.file("/var/backups/gpuprov/etc/initramfs-tools/modules").exists
+
+
+def test_rollback_records_name_every_change_and_its_original(host, expect):
+    # What playbooks/host_rollback.yml will undo: each record names files that exist now.
+    records = {}
+    for role in ("iommu", "vfio"):
+        record = host.file(f"/var/lib/gpuprov/rollback/{role}.json")
+        assert record.exists and record.mode == 0o600, role
+        records[role] = json.loads(record.content_string)
+    for record in records.values():
+        for edited in record["restore"]:
+            assert host.file(edited["path"]).exists and host.file(edited["from"]).exists
+        for added in record["remove"]:
+            assert host.file(added).exists, added
+    vfio_added = set(records["vfio"]["remove"])
+    assert "/etc/modprobe.d/gpuprov-vfio.conf" in vfio_added
+    assert ("/etc/initramfs-tools/scripts/init-top/gpuprov-vfio-override" in vfio_added) == (
+        expect["vfio_bind_mode"] == "address")
+    if expect["expected_bootloader"] == "grub":
+        assert records["iommu"]["remove"] == ["/etc/default/grub.d/gpuprov-iommu.cfg"]
+    else:
+        assert [e["path"] for e in records["iommu"]["restore"]] == ["/etc/kernel/cmdline"]
