@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import shlex
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -79,27 +80,55 @@ def host_vars(name: str, inventory: Path | None = None) -> HostVars:
     NotFoundError if the inventory or the host does not exist. Hypervisor backends read their
     API endpoints and credentials from here, so they can live in a vault like any Ansible var.
     """
-    inventory = inventory or default_inventory()
+    from ansible.template import Templar
+    from ansible.vars.manager import VariableManager
+
+    with _LOCK:
+        loader, manager = _parsed(inventory or default_inventory())
+        host = manager.get_host(name)
+        if host is None:
+            known = ", ".join(sorted(h for h in manager.hosts)) or "none"
+            raise NotFoundError(f"no host named {name!r} in the inventory "
+                                f"{inventory or default_inventory()}",
+                                f"the hosts there are: {known}")
+        variables = VariableManager(loader=loader, inventory=manager).get_vars(
+            host=host, include_hostvars=False)
+        return HostVars(variables, Templar(loader=loader, variables=variables))
+
+
+# Ansible's inventory objects are neither cheap to build (about 0.15 s for a 32-host file) nor
+# made for threads: one parse per inventory and process, used by one thread at a time.
+_LOCK = threading.RLock()
+_PARSED: dict[Path, tuple[tuple, object, object]] = {}
+
+
+def _parsed(inventory: Path):
+    """Ansible's (DataLoader, InventoryManager) for ``inventory``, parsed again only when one
+    of its files changed. Call with _LOCK held."""
     if not inventory.exists():
         raise NotFoundError(
             f"inventory {inventory} does not exist",
             "pass an Ansible inventory with -i, or create lab hosts with: gpuprov lab up")
-
     # Ansible's inventory code is slow to import; only this module needs it.
     from ansible.parsing.dataloader import DataLoader
-    from ansible.template import Templar
-    from ansible.vars.manager import VariableManager
 
-    loader = DataLoader()
-    manager = _read(inventory, loader)
-    host = manager.get_host(name)
-    if host is None:
-        known = ", ".join(sorted(h for h in manager.hosts)) or "none"
-        raise NotFoundError(f"no host named {name!r} in the inventory {inventory}",
-                            f"the hosts there are: {known}")
-    variables = VariableManager(loader=loader, inventory=manager).get_vars(
-        host=host, include_hostvars=False)
-    return HostVars(variables, Templar(loader=loader, variables=variables))
+    key = inventory.absolute()
+    stamp = _fingerprint(inventory)
+    cached = _PARSED.get(key)
+    if cached is None or cached[0] != stamp:
+        loader = DataLoader()
+        cached = _PARSED[key] = (stamp, loader, _read(inventory, loader))
+    return cached[1], cached[2]
+
+
+def _fingerprint(inventory: Path) -> tuple:
+    paths = [inventory] if not inventory.is_dir() else sorted(
+        p for p in inventory.rglob("*") if p.is_file())
+    stamps = []
+    for path in paths:
+        stat = path.stat()
+        stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(stamps)
 
 
 def hosts_matching(pattern: str, inventory: Path | None = None) -> list[str]:
@@ -108,17 +137,13 @@ def hosts_matching(pattern: str, inventory: Path | None = None) -> list[str]:
 
     NotFoundError if it names none; UsageError if the inventory does not parse."""
     inventory = inventory or default_inventory()
-    if not inventory.exists():
-        raise NotFoundError(
-            f"inventory {inventory} does not exist",
-            "pass an Ansible inventory with -i, or create lab hosts with: gpuprov lab up")
     from ansible.inventory import manager as ansible_inventory
-    from ansible.parsing.dataloader import DataLoader
 
-    manager = _read(inventory, DataLoader())
-    # Ansible warns about a pattern that matches nothing; the error below says it better.
-    with _replaced(ansible_inventory.display, "warning", lambda *args, **kwargs: None):
-        names = [host.name for host in manager.list_hosts(pattern)]
+    with _LOCK:
+        _, manager = _parsed(inventory)
+        # Ansible warns about a pattern that matches nothing; the error below says it better.
+        with _replaced(ansible_inventory.display, "warning", lambda *args, **kwargs: None):
+            names = [host.name for host in manager.list_hosts(pattern)]
     if not names:
         known = ", ".join(sorted(h for h in manager.hosts)) or "none"
         what = "no host named" if _is_one_name(pattern) else "no host matches"
@@ -177,19 +202,20 @@ def _replaced(owner, attribute: str, value) -> Iterator[None]:
 
 def resolve(name: str, inventory: Path | None = None) -> SshTarget:
     """The SSH target of inventory host ``name``; NotFoundError if there is no such host."""
-    variables = host_vars(name, inventory)
+    with _LOCK:  # templating uses the shared Ansible objects
+        variables = host_vars(name, inventory)
 
-    def var(*names: str):
-        return _first(variables, *names)
+        def var(*names: str):
+            return _first(variables, *names)
 
-    key_file = var("ansible_ssh_private_key_file", "ansible_private_key_file")
-    ssh_args = " ".join(str(var(n) or "") for n in ("ansible_ssh_common_args",
-                                                     "ansible_ssh_extra_args"))
-    known_hosts = known_hosts_from_ssh_args(ssh_args)
-    return SshTarget(
-        host=str(var("ansible_host", "ansible_ssh_host") or name),
-        port=int(var("ansible_port", "ansible_ssh_port") or 22),
-        user=str(var("ansible_user", "ansible_ssh_user") or getpass.getuser()),
-        key_file=Path(str(key_file)).expanduser() if key_file else None,
-        known_hosts=Path(known_hosts or DEFAULT_KNOWN_HOSTS).expanduser(),
-    )
+        key_file = var("ansible_ssh_private_key_file", "ansible_private_key_file")
+        ssh_args = " ".join(str(var(n) or "") for n in ("ansible_ssh_common_args",
+                                                         "ansible_ssh_extra_args"))
+        known_hosts = known_hosts_from_ssh_args(ssh_args)
+        return SshTarget(
+            host=str(var("ansible_host", "ansible_ssh_host") or name),
+            port=int(var("ansible_port", "ansible_ssh_port") or 22),
+            user=str(var("ansible_user", "ansible_ssh_user") or getpass.getuser()),
+            key_file=Path(str(key_file)).expanduser() if key_file else None,
+            known_hosts=Path(known_hosts or DEFAULT_KNOWN_HOSTS).expanduser(),
+        )

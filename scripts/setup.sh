@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
   debootstrap                               # the lab image, from Debian's archive
   gdisk dosfstools mtools e2fsprogs         # its disk: GPT, ESP (no loop devices), ext4 root
   openssh-client                            # ssh-keygen and `gpuprov lab ssh`
+  openssh-server                            # sshd, for bench/fleet.py's loopback endpoints (not started)
   python3-venv
   cpio                                      # reads the nested guest's initramfs in a unit test
   golang-go golang-github-vmware-govmomi-dev  # vcsim for tests/esxi: built from tests/vcsim/

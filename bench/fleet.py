@@ -1,0 +1,111 @@
+"""`host inspect` across 32 SSH endpoints against 1: what the parallel gather costs.
+
+    .venv/bin/python bench/fleet.py [--hosts 32] [--repeat 3]
+
+Each endpoint is an sshd of its own on a loopback port of this machine, and an inventory host
+of its own; the probe runs on this machine through each of them, as root. The figures are
+the median wall time of the whole `gpuprov host inspect` command, start-up included, and the
+ratio (goal: 1.5 or less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+GPUPROV = str(Path(sys.executable).with_name("gpuprov"))
+SSHD = "/usr/sbin/sshd"
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _endpoints(work: Path, count: int) -> tuple[Path, list[subprocess.Popen]]:
+    """``count`` sshd processes and an inventory naming each as a host."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", work / "host_key"],
+                   check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", work / "client_key"],
+                   check=True)
+    (work / "authorized_keys").write_text((work / "client_key.pub").read_text())
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    host_key = (work / "host_key.pub").read_text().split()
+    ports = _free_ports(count)
+    config = work / "sshd_config"
+    config.write_text(f"HostKey {work / 'host_key'}\n"
+                      f"AuthorizedKeysFile {work / 'authorized_keys'}\n"
+                      "ListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n"
+                      "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                      "UsePAM no\nStrictModes no\nPidFile none\nMaxStartups 200\n")
+    daemons = [subprocess.Popen([SSHD, "-D", "-e", "-f", config, "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for port in ports]
+    (work / "known_hosts").write_text("".join(
+        f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n" for port in ports))
+    hosts = {f"ep{i:02}": {
+        "ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(work / "client_key"),
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={work / 'known_hosts'}",
+    } for i, port in enumerate(ports, 1)}
+    inventory = work / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    deadline = time.monotonic() + 30
+    for port in ports:
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+    return inventory, daemons
+
+
+def _inspect(inventory: Path, pattern: str) -> float:
+    started = time.monotonic()
+    result = subprocess.run([GPUPROV, "host", "inspect", pattern, "-i", str(inventory),
+                             "--json", "--forks", "32"], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, check=False)
+    seconds = time.monotonic() - started
+    if result.returncode not in (0, 3, 10, 20):  # no GPU here (3) is fine; SSH errors are not
+        raise SystemExit(f"host inspect {pattern} exited {result.returncode}:\n{result.stderr}")
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if not Path(SSHD).exists():
+        raise SystemExit(f"{SSHD} is missing: make setup installs openssh-server")
+    with tempfile.TemporaryDirectory(prefix="gpuprov-fleet-") as scratch:
+        inventory, daemons = _endpoints(Path(scratch), args.hosts)
+        try:
+            _inspect(inventory, "ep01")  # warm the page cache and Python's bytecode
+            one = statistics.median(_inspect(inventory, "ep01") for _ in range(args.repeat))
+            many = statistics.median(_inspect(inventory, "all") for _ in range(args.repeat))
+        finally:
+            for daemon in daemons:
+                daemon.terminate()
+    print(f"host inspect, 1 endpoint: {one:.2f} s (median of {args.repeat})")
+    print(f"host inspect, {args.hosts} endpoints: {many:.2f} s (median of {args.repeat})")
+    print(f"ratio: {many / one:.2f} (goal: 1.5 or less)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
