@@ -67,6 +67,21 @@ def run_gpuprov(lab_root):
         run("lab", "destroy", "--all", check=False)
 
 
+@pytest.fixture(scope="session")
+def installed_gpuprov(tmp_path_factory) -> Path:
+    """``gpuprov`` from a wheel of this checkout, installed in a fresh virtualenv of its own,
+    as users install it (not editable): the playbooks and roles must come with the package."""
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("installed")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
+                    str(work / "dist"), str(root)], check=True, stdin=subprocess.DEVNULL)
+    [wheel] = (work / "dist").glob("gpuprov-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True)
+    subprocess.run([str(work / "venv/bin/pip"), "install", "--quiet", str(wheel)], check=True,
+                   stdin=subprocess.DEVNULL)
+    return work / "venv/bin/gpuprov"
+
+
 # The `pve_sim` fixture (a simulated Proxmox VE node over HTTPS) for every test package; it is
 # declared here because pytest only honours `pytest_plugins` in the top-level conftest.
 pytest_plugins = ["tests.pvesim.fixtures"]

@@ -30,7 +30,7 @@ from gpuprov.errors import (
     worst,
 )
 from gpuprov.transport import events
-from gpuprov.transport.ansible import PlaybookResult, RunInterrupted, run_playbook
+from gpuprov.transport.ansible import CONTENT, PlaybookResult, RunInterrupted, run_playbook
 
 # What became of each host.
 DONE = "done"  # changed, and verified
@@ -307,8 +307,9 @@ def _settle_failed(outcome: HostOutcome, ran: events.HostRun, stage: Stage, doin
                        f"wait for that run to end, then run this again (gpuprov host inspect "
                        f"{outcome.host} shows the state it left)")
         return
-    hint = (f"rerun it by hand to see every task: ansible-playbook -i INVENTORY "
-            f"playbooks/{playbook} --limit {outcome.host} -e @VARS -vv")
+    hint = (f"rerun it by hand to see every task: ANSIBLE_CONFIG={CONTENT / 'ansible.cfg'} "
+            f"ansible-playbook -i INVENTORY {CONTENT / 'playbooks' / playbook} --limit "
+            f"{outcome.host} -e @VARS -vv")
     if ran.unreachable is not None:
         state = ("nothing was changed" if not ran.changes else
                  f"it was part-way through: {len(ran.changes)} changes made, last task "

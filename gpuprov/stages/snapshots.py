@@ -15,13 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpuprov.transport.ansible import PROJECT_ROOT
-
 Report = Callable[[str, str], None]
 
 
-def digest_sources(patterns: tuple[str, ...], root: Path = PROJECT_ROOT) -> dict[str, str]:
-    """sha256 of every file the glob ``patterns`` match under ``root``, by relative path."""
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def digest_sources(patterns: tuple[str, ...], root: Path = PACKAGE) -> dict[str, str]:
+    """sha256 of every file the glob ``patterns`` match under ``root`` (the installed package),
+    by relative path."""
     digests = {}
     for pattern in patterns:
         for path in sorted(root.glob(pattern)):
@@ -37,10 +39,10 @@ class HostSetupSnapshot:
 
     name: str = "host-setup"
     sources: tuple[str, ...] = (
-        "playbooks/host_setup.yml", "roles/iommu/**/*", "roles/vfio/**/*",
-        "roles/host_lock/**/*", "roles/rollback_record/**/*",
-        "gpuprov/plan/**/*", "gpuprov/facts/**/*", "gpuprov/stages/host_setup.py",
-        "gpuprov/stages/engine.py",
+        "ansible/playbooks/host_setup.yml", "ansible/roles/iommu/**/*",
+        "ansible/roles/vfio/**/*", "ansible/roles/host_lock/**/*",
+        "ansible/roles/rollback_record/**/*", "ansible/ansible.cfg",
+        "plan/**/*", "facts/**/*", "stages/host_setup.py", "stages/engine.py",
     )
     request: dict = field(default_factory=lambda: {
         "gpus": [], "accept_shared_group": False, "iommu_passthrough_mode": False})

@@ -21,15 +21,18 @@ from gpuprov.transport.events import Change, PlaybookResult, decode
 
 __all__ = ["Change", "PlaybookResult", "RunInterrupted", "playbook_path", "run_playbook"]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The playbooks, roles and their ansible.cfg ship inside the package (a checkout links them
+# from its top directory), so an installed gpuprov runs them from any directory.
+CONTENT = Path(__file__).resolve().parents[1] / "ansible"
 
 
 def playbook_path(name: str | Path) -> Path:
-    """``playbooks/<name>`` of this checkout, or ``name`` itself when it is an absolute path."""
-    path = PROJECT_ROOT / "playbooks" / name
+    """``playbooks/<name>`` of the installed content, or ``name`` itself when it is an absolute
+    path."""
+    path = CONTENT / "playbooks" / name
     if not path.is_file():
-        raise GpuprovError(f"playbook {name} not found under {PROJECT_ROOT / 'playbooks'}",
-                           "run gpuprov from a checkout of the project (pip install -e .)")
+        raise GpuprovError(f"playbook {name} not found under {CONTENT / 'playbooks'}",
+                           "reinstall gpuprov: its playbooks are part of the package")
     return path
 
 
@@ -126,7 +129,7 @@ def _run(name: str | Path, *, inventory: Path, limit: str, extravars: dict, opti
     try:
         runner = ansible_runner.run(
             private_data_dir=str(private),
-            project_dir=str(PROJECT_ROOT),
+            project_dir=str(CONTENT),
             playbook=str(playbook_path(name)),
             # ansible-playbook runs in the project directory: a relative path would not be found.
             inventory=str(Path(inventory).absolute()),
@@ -134,7 +137,7 @@ def _run(name: str | Path, *, inventory: Path, limit: str, extravars: dict, opti
             extravars=extravars,
             cmdline=options,
             envvars={"PATH": _search_path(),
-                     "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"),
+                     "ANSIBLE_CONFIG": str(CONTENT / "ansible.cfg"),
                      "ANSIBLE_FORCE_COLOR": "0",
                      **_strategy()},
             event_handler=on_event,

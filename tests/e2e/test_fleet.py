@@ -1,5 +1,8 @@
 """One stage over a group of real lab hosts: one table, batches, a refused host, --max-fail,
-and the per-host lock against a second run (issue #13's fleet and lock acceptance)."""
+and the per-host lock against a second run (issue #13's fleet and lock acceptance).
+
+Every `host` command here is gpuprov as users install it: a wheel in a fresh virtualenv, run
+from a directory outside the checkout, so its playbooks and roles come from the package."""
 
 from __future__ import annotations
 
@@ -29,24 +32,41 @@ def _group_inventory(lab_root, tmp_path) -> str:
     return str(inventory)
 
 
-def test_a_group_set_up_in_batches_around_a_refused_host_and_the_lock(run_gpuprov, lab_root,
-                                                                      tmp_path):
+def _installed(installed_gpuprov, run_gpuprov, elsewhere):
+    """Run the installed gpuprov in ``elsewhere``, against the test's lab."""
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([str(installed_gpuprov), *args], cwd=elsewhere,
+                                env=run_gpuprov.env, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=1800, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"gpuprov {' '.join(args)} exited {result.returncode}\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    return run
+
+
+def test_a_group_set_up_in_batches_around_a_refused_host_and_the_lock(
+        run_gpuprov, installed_gpuprov, lab_root, tmp_path):
     _up_together(run_gpuprov, FLEET)
     inventory = _group_inventory(lab_root, tmp_path)
+    gpuprov = _installed(installed_gpuprov, run_gpuprov, tmp_path)
+    assert str(installed_gpuprov.parent.parent) in gpuprov("playbooks").stdout
     try:
         booted = {name: _boot_id(run_gpuprov, name) for name in FLEET}
 
-        table = run_gpuprov("host", "inspect", "gpu_hosts", "-i", inventory, check=False)
+        table = gpuprov("host", "inspect", "gpu_hosts", "-i", inventory, check=False)
         assert table.returncode == 20, table.stdout + table.stderr  # the worst: fl-disk unsafe
         assert "3 hosts" in table.stdout
         assert table.stdout.count("needs setup") == 2 and "unsafe" in table.stdout
-        document = json.loads(run_gpuprov("host", "inspect", "gpu_hosts", "-i", inventory,
-                                          "--json", check=False).stdout)
+        document = json.loads(gpuprov("host", "inspect", "gpu_hosts", "-i", inventory,
+                                      "--json", check=False).stdout)
         assert [h["exit_code"] for h in document["hosts"]] == [10, 20, 10]
 
         # One at a time, stopping at the first refusal: fl-a is set up, fl-c never started.
-        stopped = run_gpuprov("host", "setup", "gpu_hosts", "-i", inventory, "--yes",
-                              "--serial", "1", "--max-fail", "0", "--json", check=False)
+        stopped = gpuprov("host", "setup", "gpu_hosts", "-i", inventory, "--yes",
+                          "--serial", "1", "--max-fail", "0", "--json", check=False)
         outcomes = {h["host"]: h for h in json.loads(stopped.stdout)["hosts"]}
         assert {h: o["outcome"] for h, o in outcomes.items()} == {
             "fl-a": "done", "fl-disk": "refused", "fl-c": "not run"}, stopped.stderr
@@ -58,8 +78,8 @@ def test_a_group_set_up_in_batches_around_a_refused_host_and_the_lock(run_gpupro
         # Again, without --max-fail: the refused host does not stop the others; fl-a has
         # nothing to do. While fl-c is being changed, a second run on it is refused.
         first = subprocess.Popen(
-            [*run_gpuprov.argv, "host", "setup", "gpu_hosts", "-i", inventory, "--yes",
-             "--serial", "1"], env=run_gpuprov.env, stdin=subprocess.DEVNULL,
+            [str(installed_gpuprov), "host", "setup", "gpu_hosts", "-i", inventory, "--yes",
+             "--serial", "1"], cwd=tmp_path, env=run_gpuprov.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for_lock(run_gpuprov, "fl-c", first)
         second = run_gpuprov("host", "setup", "fl-c", "--yes", check=False)

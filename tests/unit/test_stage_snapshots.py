@@ -8,22 +8,23 @@ import time
 
 from gpuprov.lab.checkpoints import CheckpointCache
 from gpuprov.lab.spec import stage_key
-from gpuprov.stages.snapshots import STAGES, HostSetupSnapshot, digest_sources
-from gpuprov.transport.ansible import PROJECT_ROOT
+from gpuprov.stages.snapshots import PACKAGE, STAGES, HostSetupSnapshot, digest_sources
 from tests.unit.test_checkpoint_cache import _entry
 
 
 def test_host_setup_inputs_name_its_playbook_roles_and_planner():
     files = STAGES["host-setup"].inputs()["files"]
-    for path in ("playbooks/host_setup.yml", "roles/iommu/tasks/main.yml",
-                 "roles/vfio/tasks/main.yml", "roles/vfio/defaults/main.yml",
-                 "gpuprov/plan/host_setup.py", "gpuprov/facts/probe.sh"):
+    for path in ("ansible/playbooks/host_setup.yml", "ansible/roles/iommu/tasks/main.yml",
+                 "ansible/roles/vfio/tasks/main.yml", "ansible/roles/vfio/defaults/main.yml",
+                 "ansible/roles/host_lock/tasks/main.yml", "ansible/ansible.cfg",
+                 "plan/host_setup.py", "facts/probe.sh", "stages/engine.py"):
         assert path in files, path
 
 
 def _project_copy(tmp_path):
-    for part in ("playbooks/host_setup.yml", "roles/iommu", "roles/vfio"):
-        source, target = PROJECT_ROOT / part, tmp_path / part
+    for part in ("ansible/playbooks/host_setup.yml", "ansible/roles/iommu",
+                 "ansible/roles/vfio"):
+        source, target = PACKAGE / part, tmp_path / part
         target.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if source.is_dir() else shutil.copyfile)(source, target)
     return tmp_path
@@ -42,12 +43,12 @@ def test_a_changed_or_added_role_file_is_a_new_key_and_the_stale_snapshot_a_miss
     _entry(cache.root, stale, mib=1, used=time.time())
     assert cache.get(key()) is not None  # nothing changed: the snapshot is used
 
-    defaults = project / "roles/vfio/defaults/main.yml"
+    defaults = project / "ansible/roles/vfio/defaults/main.yml"
     defaults.write_text(defaults.read_text() + "\n# a changed default\n")
     assert key() != stale and cache.get(key()) is None
 
     edited = key()
-    (project / "roles/iommu/tasks/extra.yml").write_text("---\n[]\n")
+    (project / "ansible/roles/iommu/tasks/extra.yml").write_text("---\n[]\n")
     assert key() not in (stale, edited)
 
 
