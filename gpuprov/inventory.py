@@ -83,14 +83,12 @@ def host_vars(name: str, inventory: Path | None = None) -> HostVars:
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
+    inventory = inventory or default_inventory()
     with _LOCK:
-        loader, manager = _parsed(inventory or default_inventory())
+        loader, manager = _parsed(inventory)
         host = manager.get_host(name)
         if host is None:
-            known = ", ".join(sorted(h for h in manager.hosts)) or "none"
-            raise NotFoundError(f"no host named {name!r} in the inventory "
-                                f"{inventory or default_inventory()}",
-                                f"the hosts there are: {known}")
+            raise _not_there("no host named", name, inventory, manager)
         variables = VariableManager(loader=loader, inventory=manager).get_vars(
             host=host, include_hostvars=False)
         return HostVars(variables, Templar(loader=loader, variables=variables))
@@ -145,11 +143,15 @@ def hosts_matching(pattern: str, inventory: Path | None = None) -> list[str]:
         with _replaced(ansible_inventory.display, "warning", lambda *args, **kwargs: None):
             names = [host.name for host in manager.list_hosts(pattern)]
     if not names:
-        known = ", ".join(sorted(h for h in manager.hosts)) or "none"
         what = "no host named" if _is_one_name(pattern) else "no host matches"
-        raise NotFoundError(f"{what} {pattern!r} in the inventory {inventory}",
-                            f"the hosts there are: {known}")
+        raise _not_there(what, pattern, inventory, manager)
     return names
+
+
+def _not_there(what: str, pattern: str, inventory: Path, manager) -> NotFoundError:
+    known = ", ".join(sorted(h for h in manager.hosts)) or "none"
+    return NotFoundError(f"{what} {pattern!r} in the inventory {inventory}",
+                         f"the hosts there are: {known}")
 
 
 def _is_one_name(pattern: str) -> bool:
