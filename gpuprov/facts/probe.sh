@@ -49,9 +49,11 @@ dir_name() { # LINK: set _name to the name of the directory LINK resolves to; fa
     cd / || :
 }
 
-block_parents() { # NAME: the whole disks under block device NAME (partitions, dm, md resolved)
+# A subshell body, so that each level of the recursion keeps its own _dev and _found (an LVM
+# root, dm-0 over sda2, used to list sda twice).
+block_parents() ( # NAME: the whole disks under block device NAME (partitions, dm, md resolved)
     _dev=$(readlink -f "/sys/class/block/$1" 2>/dev/null) || return 0
-    [ -n "$_dev" ] || return 0
+    [ -e "$_dev" ] || return 0
     if [ -f "$_dev/partition" ]; then
         block_parents "$(basename "$(dirname "$_dev")")"
         return 0
@@ -63,7 +65,7 @@ block_parents() { # NAME: the whole disks under block device NAME (partitions, d
         block_parents "$(basename "$_slave")"
     done
     [ -n "$_found" ] || basename "$_dev"
-}
+)
 
 net_lowers() { # IF: the interfaces with a device under IF (bridge ports, bond slaves, VLAN parents)
     if [ -e "/sys/class/net/$1/device" ]; then
