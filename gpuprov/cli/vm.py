@@ -114,12 +114,29 @@ def passthrough(
         "--option", "-o", help="Backend-specific KEY=VALUE (esxi: datacenter, cluster, "
         "esx_host; libvirt: kernel, initrd, cmdline, network, bridge); repeatable.",
         show_default=False)] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="The VM's IP address or DNS name, for the inventory gpuprov keeps "
+        "of its VMs [default: unknown: the entry to add is printed].",
+        show_default=False)] = None,
+    ssh_user: Annotated[str, typer.Option(
+        "--ssh-user", help="The user the VM's SSH accepts, for that inventory.")] = "root",
+    inventory_out: Annotated[Path | None, typer.Option(
+        "--inventory-out", help="The inventory file recording the VM for the next stages "
+        "[default: $XDG_STATE_HOME/gpuprov/vms.yml].", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Create a q35/UEFI VM with the GPU passed through, or give the GPU to an existing VM."""
+    from gpuprov import vm_inventory
     from gpuprov.facts.pci import parse_address
     from gpuprov.hypervisors import PassthroughRequest, VmShape, load_backend
     from gpuprov.units import parse_size
+
+    # Checked before any change: the VM is recorded in this file once it has the card.
+    if address is not None:
+        address = vm_inventory.check_address(address)
+    vm_inventory.check_user(ssh_user)
+    inventory_file = (inventory_out or vm_inventory.default_path()).expanduser().absolute()
+    recorded_before = vm_inventory.read(inventory_file)
 
     if vm is not None and vmid is not None:
         raise UsageError("--vm and --vmid both name the VM", "give one of them")
@@ -147,8 +164,17 @@ def passthrough(
     backend = load_backend(hypervisor)
     with progress() as report:
         result = backend.passthrough(request, report, confirmer(convert))
+    name = vm_inventory.host_name(result.vm_name)
+    variables = vm_inventory.host_vars(address=address, user=ssh_user,
+                                       hypervisor=result.hypervisor, host=result.host,
+                                       vm_id=result.vm_id, devices=result.devices)
+    if address:
+        vm_inventory.write(inventory_file,
+                           vm_inventory.merged(recorded_before, name, variables))
     if as_json:
-        console.print_json(json.dumps(result.to_json()))
+        console.print_json(json.dumps({**result.to_json(), "inventory": {
+            "file": str(inventory_file) if address else None, "host": name,
+            "recorded": bool(address), "vars": variables}}))
         return
     verb = "created" if result.created else "gave the card to"
     table = Table(title=f"{verb} VM {result.vm_id} ({result.vm_name}) on {result.host} "
@@ -163,6 +189,14 @@ def passthrough(
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
+    if address:
+        console.print(f"recorded VM {name} in {inventory_file}; the next stages take it as: "
+                      f"-i {inventory_file} {name}", highlight=False)
+    else:
+        console.print("the VM's address is not known yet (give it with --address), so it was "
+                      f"not recorded in {inventory_file}. Once it has one, add this to an "
+                      "inventory, with ADDRESS filled in:", highlight=False)
+        console.print(vm_inventory.entry_text(name, variables), highlight=False, markup=False)
 
 
 @app.command()

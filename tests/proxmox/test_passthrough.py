@@ -305,3 +305,76 @@ def test_a_failed_create_reports_its_own_cause(run_gpuprov, pve_sim, tmp_path):
     assert "missing.iso" in result.stderr, result.stderr
     assert "reading VM" not in result.stderr and "Traceback" not in result.stderr
     assert pve_sim.vms == {}
+
+
+def _ansible_inventory(path: Path) -> dict:
+    """The file as Ansible itself reads it (a client we did not write)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([str(Path(sys.executable).parent / "ansible-inventory"), "-i",
+                          str(path), "--list"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_a_vm_with_an_address_is_recorded_for_the_next_stage(run_gpuprov, pve_sim, tmp_path):
+    vms = tmp_path / "out" / "vms.yml"
+    vms.parent.mkdir()
+    vms.write_text("all:\n  children:\n    gpu_hosts:\n      hosts:\n        pve1: {}\n")
+    first = json.loads(_passthrough(
+        run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, "--name", "ml", "--address",
+        "192.0.2.10", "--ssh-user", "debian", "--inventory-out", str(vms), "--json",
+        env=_root(pve_sim)).stdout)
+    assert first["inventory"] == {"file": str(vms), "host": "ml", "recorded": True,
+                                  "vars": first["inventory"]["vars"]}
+    second = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", RTX3090, "--name", "cad",
+                          "--address", "gpu-cad.lab.example", "--inventory-out", str(vms),
+                          env=_root(pve_sim))
+    assert f"recorded VM cad in {vms}" in " ".join(second.stdout.split())
+
+    seen = _ansible_inventory(vms)
+    assert sorted(seen["gpuprov_vms"]["hosts"]) == ["cad", "ml"]
+    assert seen["gpu_hosts"]["hosts"] == ["pve1"], "another host in the file was lost"
+    ml = seen["_meta"]["hostvars"]["ml"]
+    assert ml["ansible_host"] == "192.0.2.10" and ml["ansible_user"] == "debian"
+    assert ml["gpuprov_hypervisor"] == "proxmox" and ml["gpuprov_hypervisor_host"] == "pve1"
+    assert ml["gpuprov_vm_id"] == first["vm_id"] and int(ml["gpuprov_vm_id"]) in pve_sim.vms
+    cad = seen["_meta"]["hostvars"]["cad"]
+    assert cad["ansible_host"] == "gpu-cad.lab.example" and cad["ansible_user"] == "root"
+    assert (vms.parent / "vms.yml.bak").exists()
+    # gpuprov reads its own file as a target inventory too.
+    from gpuprov import inventory
+
+    assert inventory.hosts_matching("gpuprov_vms", vms) == ["ml", "cad"]
+
+
+def test_a_vm_without_an_address_gets_the_exact_entry_printed(run_gpuprov, pve_sim, tmp_path):
+    import yaml
+
+    vms = tmp_path / "vms.yml"
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, "--name", "ml",
+                          "--ssh-user", "debian", "--inventory-out", str(vms),
+                          env=_root(pve_sim))
+    assert not vms.exists()
+    said, _, entry = result.stdout.partition("with ADDRESS filled in:\n")
+    assert "the VM's address is not known yet" in " ".join(said.split())
+    host = yaml.safe_load(entry)["gpuprov_vms"]["hosts"]["ml"]
+    assert host["ansible_host"] == "ADDRESS" and host["ansible_user"] == "debian"
+    assert int(host["gpuprov_vm_id"]) in pve_sim.vms
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--address", "not an address!"], "is neither an IP address nor a DNS name"),
+    (["--address", "300.1.1.1"], "is neither an IP address nor a DNS name"),
+    (["--ssh-user", "Bad User"], "is not a Linux user name"),
+    (["--inventory-out", "."], "is a directory"),
+    (["--inventory-out", "BROKEN"], "is not a YAML inventory"),
+])
+def test_bad_inventory_output_changes_nothing(run_gpuprov, pve_sim, tmp_path, args, message):
+    broken = tmp_path / "broken.yml"
+    broken.write_text("all: [\n")
+    args = [str(broken) if a == "BROKEN" else str(tmp_path) if a == "." else a for a in args]
+    result = _passthrough(run_gpuprov, pve_sim, tmp_path, "--gpu", GT1030, *args,
+                          env=_root(pve_sim), code=2)
+    assert message in " ".join(result.stderr.split()), result.stderr
+    assert pve_sim.vms == {} and broken.read_text() == "all: [\n"
