@@ -11,9 +11,9 @@ inspect`` can show them.
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 
+from gpuprov.ansible.roles.iommu.filter_plugins import kernel_cmdline
 from gpuprov.facts.sections import ProbeOutput, Section
 
 GRUB = "grub"
@@ -112,32 +112,12 @@ def secure_boot_from_bootctl(bootctl_status: Section) -> bool | None:
 
 
 def grub_cmdline(files: list[Section]) -> str | None:
-    """The command line GRUB's normal entries get: GRUB_CMDLINE_LINUX then _DEFAULT, from
-    /etc/default/grub and then each /etc/default/grub.d/*.cfg (sourced after it, so they win).
-    None when no file is present."""
-    values = {"GRUB_CMDLINE_LINUX": "", "GRUB_CMDLINE_LINUX_DEFAULT": ""}
+    """The command line GRUB's normal entries get, from /etc/default/grub and then each
+    /etc/default/grub.d/*.cfg (sourced after it, so they win). None when no file is present."""
     if not any(f.present for f in files):
         return None
-    assignment = re.compile(r"^\s*(?:export\s+)?(GRUB_CMDLINE_LINUX(?:_DEFAULT)?)=(.*)$")
-    for section in files:
-        for line in section.lines:
-            match = assignment.match(line)
-            if match:
-                values[match[1]] = _shell_value(match[2], values)
-    return " ".join(v for v in (values["GRUB_CMDLINE_LINUX"],
-                                values["GRUB_CMDLINE_LINUX_DEFAULT"]) if v)
-
-
-def _shell_value(raw: str, variables: dict[str, str]) -> str:
-    """A shell assignment's right-hand side: quotes, comments and our two variables."""
-    if not raw.lstrip().startswith("'"):
-        for name, value in variables.items():
-            raw = re.sub(r"\$\{" + name + r"\}|\$" + name + r"\b", lambda _m, v=value: v, raw)
-    try:
-        words = shlex.split(raw, comments=True)
-    except ValueError:  # unbalanced quotes: take the text as it stands
-        words = raw.strip().strip("\"'").split()
-    return " ".join(" ".join(words).split())
+    return kernel_cmdline.grub_cmdline(kernel_cmdline.grub_cmdline_values(
+        "\n".join(line for f in files for line in f.lines)))
 
 
 def detect_bootloader(probe: ProbeOutput, *, firmware: str, secure_boot: bool | None,

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The iommu role's parser, so that gpuprov and the role read a command line alike.
+from gpuprov.ansible.roles.iommu.filter_plugins.kernel_cmdline import cmdline_param, cmdline_tokens
+
 
 @dataclass(frozen=True)
 class Param:
@@ -23,23 +26,6 @@ class Param:
         return f"{self.key}={value}"
 
 
-def _tokens(text: str) -> list[str]:
-    tokens, current, quoted, started = [], [], False, False
-    for char in text:
-        if char == '"':
-            quoted, started = not quoted, True
-        elif char.isspace() and not quoted:
-            if started:
-                tokens.append("".join(current))
-            current, started = [], False
-        else:
-            current.append(char)
-            started = True
-    if started:
-        tokens.append("".join(current))
-    return tokens
-
-
 @dataclass(frozen=True)
 class KernelCmdline:
     """A parsed command line; ``params`` in order, repeats kept; ``init_args`` after ``--``."""
@@ -51,14 +37,13 @@ class KernelCmdline:
     @classmethod
     def parse(cls, text: str) -> KernelCmdline:
         params: list[Param] = []
-        tokens = _tokens(text.strip())
+        tokens = cmdline_tokens(text)
         init_args: tuple[str, ...] = ()
         for index, token in enumerate(tokens):
             if token == "--":
-                init_args = tuple(tokens[index + 1:])
+                init_args = tuple(t.replace('"', "") for t in tokens[index + 1:])
                 break
-            key, sep, value = token.partition("=")
-            params.append(Param(key, value if sep else None))
+            params.append(Param(*cmdline_param(token)))
         return cls(text.strip(), tuple(params), init_args)
 
     def __contains__(self, key: str) -> bool:

@@ -47,6 +47,12 @@ def test_setup_once_then_nothing_to_do_then_rollback(run_gpuprov, lab_root, tmp_
     run_gpuprov("lab", "up", "hs")
     inventory = _inventory_with_own_backup_dirs(lab_root, tmp_path)
     try:
+        # The IOMMU switched off in an administrator's GRUB settings, as a host may come:
+        # inspect plans to remove it, and setup must keep that promise.
+        _ssh(run_gpuprov, "hs", "echo 'GRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX intel_iommu=off\"'"
+             " > /etc/default/grub.d/50-admin.cfg && update-grub 2>/dev/null")
+        planned = json.loads(run_gpuprov("host", "inspect", "hs", "--json", check=False).stdout)
+        assert planned["kernel_params"]["remove"] == ["intel_iommu=off"]
         booted = _boot_id(run_gpuprov, "hs")
 
         # Without a terminal and without --yes, the boot-VGA card is refused, unchanged.
@@ -65,6 +71,7 @@ def test_setup_once_then_nothing_to_do_then_rollback(run_gpuprov, lab_root, tmp_
         assert "one reboot" in done.stdout
         rebooted = _boot_id(run_gpuprov, "hs")
         assert rebooted != booted
+        assert "intel_iommu=off" not in _ssh(run_gpuprov, "hs", "cat /proc/cmdline").split()
         assert _ssh(run_gpuprov, "hs", f"test -f {BACKUPS}/vfio/etc/initramfs-tools/modules "
                     "&& test ! -e /var/backups/gpuprov && echo elsewhere") == "elsewhere"
 

@@ -31,13 +31,18 @@ def test_every_function_is_on_vfio_pci_with_its_group_device(host, expect):
 def test_running_kernel_command_line(host, expect):
     cmdline = host.file("/proc/cmdline").content_string.split()
     assert ("iommu=pt" in cmdline) == bool(expect.get("iommu_passthrough_mode"))
-    # Never the invalid switch, on any CPU.
+    # Never the invalid switch, on any CPU, and no off switch: prepare.yml configured one.
     assert not any(p.startswith("amd_iommu") for p in cmdline)
+    assert expect["iommu_off_param"] not in cmdline
+    assert not any(p.split("=")[0] in ("iommu", "intel_iommu") and "off" in p for p in cmdline)
     kernel_turns_intel_on = host.run(
         "grep -qE '^CONFIG_INTEL_IOMMU_DEFAULT_ON(_INTGPU_OFF)?=y' /boot/config-$(uname -r)"
     ).rc == 0
     is_intel = "GenuineIntel" in host.file("/proc/cpuinfo").content_string
-    assert ("intel_iommu=on" in cmdline) == (is_intel and not kernel_turns_intel_on)
+    # intel_iommu=off is replaced by intel_iommu=on, even where the kernel turns it on itself.
+    replaced_off = expect["iommu_off_param"].startswith("intel_iommu=")
+    assert ("intel_iommu=on" in cmdline) == (is_intel and (replaced_off
+                                                           or not kernel_turns_intel_on))
 
 
 def test_iommu_active(host):
