@@ -118,6 +118,13 @@ def read(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read {path}: {error}",
                          "give a readable YAML file with --inventory-out") from None
+    # The file is written once the VM has its card: find out now that it could not be.
+    # It is replaced through a file beside it, so its directory (or the first that exists) must
+    # be writable.
+    directory = next(p for p in path.parents if p.exists())
+    if not os.access(directory, os.W_OK):
+        raise UsageError(f"cannot write {path}: {directory} is not writable",
+                         "give a writable path with --inventory-out")
     return parse(text, path)
 
 
