@@ -54,7 +54,12 @@ def _endpoints(work: Path, count: int) -> tuple[Path, list[subprocess.Popen]]:
                       f"AuthorizedKeysFile {work / 'authorized_keys'}\n"
                       "ListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n"
                       "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-                      "UsePAM no\nStrictModes no\nPidFile none\nMaxStartups 200\n")
+                      "UsePAM no\nStrictModes no\nPidFile none\nMaxStartups 200\n"
+                      # bash runs ~/.bashrc for every command sshd hands it, unless it is
+                      # nested (SHLVL): this machine's root .bashrc starts pyenv, about 170
+                      # processes per login, which no GPU host does and which would be
+                      # charged to the endpoints' share of these cores.
+                      "SetEnv SHLVL=1\n")
     daemons = [subprocess.Popen([SSHD, "-D", "-e", "-f", config, "-p", str(port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for port in ports]
