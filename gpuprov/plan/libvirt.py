@@ -114,6 +114,42 @@ def check_free(users: Mapping[str, str], target: str | None) -> None:
                              "nothing to do; to start it: virsh start " + str(target))
 
 
+# QEMU itself beside the guest's RAM (OVMF, device state, its own heap): an estimate, which
+# the check keeps free so that starting the domain does not push the host into swap.
+QEMU_OVERHEAD_MIB = 256
+
+
+def meminfo_mib(text: str) -> dict[str, int]:
+    """/proc/meminfo's fields, in MiB."""
+    fields = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        words = rest.split()
+        if words and words[0].isdigit():
+            factor = 1024 if words[1:] == ["kB"] else 2**20
+            fields[key.strip()] = int(words[0]) * factor // 2**20
+    return fields
+
+
+def check_memory(meminfo: str, memory_mib: int, *, host: str, domain: str) -> None:
+    """Refuse a domain whose memory the host cannot lock: passthrough pins all of a VM's memory
+    (VFIO maps it for the card's DMA), so it must fit in what the host has available now, or
+    QEMU fails at start with "cannot set up guest memory 'pc.ram'"."""
+    fields = meminfo_mib(meminfo)
+    available = fields.get("MemAvailable", fields.get("MemFree"))
+    if available is None:
+        return
+    if memory_mib + QEMU_OVERHEAD_MIB <= available:
+        return
+    fits = available - QEMU_OVERHEAD_MIB
+    raise LibvirtRefused(
+        f"{host} has {available} MiB of memory available (of {fields.get('MemTotal', '?')} "
+        f"MiB), and domain {domain} needs {memory_mib} MiB locked in RAM (passthrough pins all "
+        f"of a VM's memory) plus about {QEMU_OVERHEAD_MIB} MiB for QEMU; nothing was changed",
+        (f"give --memory {fits}M or less, or " if fits >= 64 else "")
+        + f"free memory on {host} (other VMs with passthrough hold theirs locked)")
+
+
 def _is_efi(root: ET.Element) -> bool:
     os_ = root.find("./os")
     if os_ is None:
@@ -229,6 +265,11 @@ def domain_settings(xml_text: str) -> dict[str, str]:
 
 _UNITS = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 10**6, "m": 2**20,
           "mib": 2**20, "gb": 10**9, "g": 2**30, "gib": 2**30}
+
+
+def domain_memory_mib(root: ET.Element) -> int:
+    """A domain's memory, in MiB."""
+    return _mib(root.find("./memory"))
 
 
 def _mib(memory: ET.Element | None) -> int:

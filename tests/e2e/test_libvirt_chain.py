@@ -53,5 +53,19 @@ def test_the_nested_guest_sees_both_functions_of_the_card(lab_root, run_gpuprov)
         names = gpuprov(lab_root, "lab", "ssh", "lv", "--", "virsh -c qemu:///system list "
                         "--all --name").split()
         assert names == [DOMAIN]
+
+        # With the card free again, a VM bigger than the host's available memory is refused
+        # before anything is defined (QEMU could not lock its RAM, and would fail at start).
+        gpuprov(lab_root, "lab", "ssh", "lv", "--", f"virsh -c qemu:///system destroy {DOMAIN};"
+                f" virsh -c qemu:///system undefine --nvram {DOMAIN}")
+        big = run_gpuprov("vm", "passthrough", "--hypervisor", "libvirt", "--host", "lv",
+                          "--gpu", "01:00", "--name", "big", "--memory", "64G", check=False)
+        said = " ".join(big.stderr.split())
+        assert big.returncode == 20, big.stderr
+        assert "MiB of memory available" in said and "needs 65536 MiB locked in RAM" in said
+        assert gpuprov(lab_root, "lab", "ssh", "lv", "--", "virsh -c qemu:///system list "
+                       "--all --name").split() == []
+        assert "big.qcow2" not in gpuprov(lab_root, "lab", "ssh", "lv", "--",
+                                          "virsh -c qemu:///system vol-list default")
     finally:
         gpuprov(lab_root, "lab", "destroy", "lv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +202,30 @@ def test_domain_settings_read_what_libvirt_reports():
     legacy = plan.domain_settings(Q35_BIOS)
     assert legacy["firmware"] == "bios" and legacy["secure_boot"] == "off"
     assert legacy["memory_locked"] == "no" and legacy["memory_mib"] == "4096"
+
+
+# /proc/meminfo captured on a real machine (this project's 24 GiB CI machine).
+MEMINFO = (Path(__file__).parent / "fixtures/meminfo/ci-machine-24g").read_text()
+
+
+def test_meminfo_is_read_in_mib():
+    fields = plan.meminfo_mib(MEMINFO)
+    assert fields["MemTotal"] > fields["MemAvailable"] > 0
+    assert fields["MemTotal"] == int(MEMINFO.split()[1]) // 1024
+    assert "HugePages_Total" in fields  # a count, not kB: read as given
+
+
+def test_a_domain_that_fits_in_locked_memory_passes():
+    available = plan.meminfo_mib(MEMINFO)["MemAvailable"]
+    plan.check_memory(MEMINFO, available - plan.QEMU_OVERHEAD_MIB, host="kvm1", domain="gpu")
+
+
+def test_a_domain_that_cannot_be_locked_is_refused_with_both_numbers():
+    fields = plan.meminfo_mib(MEMINFO)
+    with pytest.raises(plan.LibvirtRefused) as refused:
+        plan.check_memory(MEMINFO, fields["MemAvailable"], host="kvm1", domain="gpu")
+    said = f"{refused.value.message} {refused.value.hint}"
+    assert f"kvm1 has {fields['MemAvailable']} MiB of memory available" in said
+    assert f"domain gpu needs {fields['MemAvailable']} MiB locked in RAM" in said
+    assert f"give --memory {fields['MemAvailable'] - plan.QEMU_OVERHEAD_MIB}M or less" in said
+    assert refused.value.exit_code == 20

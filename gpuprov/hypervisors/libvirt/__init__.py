@@ -194,6 +194,7 @@ class _Job:
             hide_hypervisor=request.hide_hypervisor, **self._nic())
         pool = shape.storage or "default"
         self._check_pool(pool)
+        self._check_memory(name, shape.memory_mib)
         volume = f"{name}.qcow2"
         self.report(host.name, f"creating disk {pool}/{volume} ({shape.disk_gib} GiB, thin)")
         host.virsh(f"vol-create-as {shlex.quote(pool)} {shlex.quote(volume)} "
@@ -249,6 +250,12 @@ class _Job:
                                       "give an active pool with --storage (virsh pool-list), "
                                       f"or run playbooks/{PLAYBOOK}, which makes 'default'")
 
+    def _check_memory(self, name: str, memory_mib: int) -> None:
+        """Before anything is defined: a domain that is to start must fit in locked RAM."""
+        if self.request.start:
+            meminfo = self.host.run("cat /proc/meminfo", "reading the host's memory")[1]
+            plan.check_memory(meminfo, memory_mib, host=self.host.name, domain=name)
+
     def _remove(self, name: str, pool: str, volume: str) -> None:
         self.report(self.host.name, f"removing the half-made domain {name}")
         self.host.run(f"{VIRSH} destroy {shlex.quote(name)}", "", check=False)
@@ -267,6 +274,7 @@ class _Job:
         before = host.virsh(f"dumpxml --inactive --security-info {shlex.quote(name)}",
                             f"reading {name}")
         after, conversions = plan.attach_xml(before, self.functions)
+        self._check_memory(name, plan.domain_memory_mib(plan.parse_domain(after)))
         if conversions and not confirm(f"convert domain {name} for passthrough", conversions):
             raise NotConfirmed(
                 f"domain {name} must change for passthrough: {'; '.join(conversions)}",
