@@ -30,7 +30,7 @@ app = typer.Typer(
 
 InventoryOption = Annotated[Path | None, typer.Option(
     "--inventory", "-i", envvar="GPUPROV_INVENTORY", show_default=False,
-    help="Ansible inventory naming the host [default: the lab's inventory]")]
+    help="Ansible inventory naming the host \\[default: the lab's inventory]")]
 
 
 @app.command(epilog=(

@@ -40,20 +40,20 @@ def _choice(value: str | None, choices: tuple[str, ...], flag: str) -> str | Non
 def up(
     names: Annotated[list[str] | None, typer.Argument(help="Lab host names.")] = None,
     iommu: Annotated[str | None, typer.Option(
-        help=f"Virtual IOMMU: {' or '.join(IOMMU_CHOICES)} [default: intel]")] = None,
+        help=f"Virtual IOMMU: {' or '.join(IOMMU_CHOICES)} \\[default: intel]")] = None,
     boot: Annotated[str | None, typer.Option(
-        help=f"Boot loader: {' or '.join(BOOT_CHOICES)} [default: grub]")] = None,
-    gpus: Annotated[int | None, typer.Option(help="Stand-in GPUs per host [default: 1]")] = None,
+        help=f"Boot loader: {' or '.join(BOOT_CHOICES)} \\[default: grub]")] = None,
+    gpus: Annotated[int | None, typer.Option(help="Stand-in GPUs per host \\[default: 1]")] = None,
     memory: Annotated[int | None, typer.Option(
-        help="Memory per host in MiB [default: 1024]")] = None,
-    cpus: Annotated[int | None, typer.Option(help="Virtual CPUs per host [default: 2]")] = None,
+        help="Memory per host in MiB \\[default: 1024]")] = None,
+    cpus: Annotated[int | None, typer.Option(help="Virtual CPUs per host \\[default: 2]")] = None,
     group_mate: Annotated[str | None, typer.Option(
         help="Put another device in the first GPU's IOMMU group, to rehearse refusals: "
              f"{', '.join(GROUP_MATE_CHOICES)} (usb: an unrelated controller; disk: the root "
-             "disk's controller; nic: the management NIC) [default: none]")] = None,
+             "disk's controller; nic: the management NIC) \\[default: none]")] = None,
     ssh_port: Annotated[int | None, typer.Option(
         help="Loopback SSH port of the first new host (the next hosts take the next ports) "
-             "[default: the first free port from 2222]")] = None,
+             "\\[default: the first free port from 2222]")] = None,
     cold: Annotated[bool, typer.Option(
         "--cold",
         help="Boot from scratch: resume no checkpoint and store none "

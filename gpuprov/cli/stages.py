@@ -27,7 +27,7 @@ SerialOption = Annotated[str | None, typer.Option(
     "Ansible's serial. A batch that fails whole stops the run.", show_default=False)]
 MaxFailOption = Annotated[int | None, typer.Option(
     "--max-fail", help="Stop the run when more than this percentage of a batch's hosts fail "
-    "or are refused (Ansible's max_fail_percentage; 0: at the first one) [default: the "
+    "or are refused (Ansible's max_fail_percentage; 0: at the first one) \\[default: the "
     "others go on]", show_default=False)]
 ForksOption = Annotated[int, typer.Option(
     "--forks", help="Hosts inspected, changed and verified at once.")]

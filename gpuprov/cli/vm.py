@@ -23,7 +23,7 @@ app = typer.Typer(help="Create passthrough VMs on Proxmox VE, ESXi or libvirt.",
 
 InventoryOption = Annotated[Path | None, typer.Option(
     "--inventory", "-i", envvar="GPUPROV_INVENTORY", show_default=False,
-    help="Ansible inventory naming the host [default: the lab's inventory]")]
+    help="Ansible inventory naming the host \\[default: the lab's inventory]")]
 
 
 def _vmid(text: str | None) -> int | None:
@@ -116,13 +116,13 @@ def passthrough(
         show_default=False)] = None,
     address: Annotated[str | None, typer.Option(
         "--address", help="The VM's IP address or DNS name, for the inventory gpuprov keeps "
-        "of its VMs [default: unknown: the entry to add is printed].",
+        "of its VMs \\[default: unknown: the entry to add is printed].",
         show_default=False)] = None,
     ssh_user: Annotated[str, typer.Option(
         "--ssh-user", help="The user the VM's SSH accepts, for that inventory.")] = "root",
     inventory_out: Annotated[Path | None, typer.Option(
         "--inventory-out", help="The inventory file recording the VM for the next stages "
-        "[default: $XDG_STATE_HOME/gpuprov/vms.yml].", show_default=False)] = None,
+        "\\[default: $XDG_STATE_HOME/gpuprov/vms.yml].", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Create a q35/UEFI VM with the GPU passed through, or give the GPU to an existing VM."""
@@ -262,7 +262,7 @@ def mapping(
         "--create", help="Map this card (26:00, 0000:26:00.0) on the node, so VMs can use it "
         "by name, from API tokens too, and move between nodes.", show_default=False)] = None,
     name: Annotated[str | None, typer.Option(
-        "--name", help="Id of the mapping to create [default: gpu-BUS-DEVICE].",
+        "--name", help="Id of the mapping to create \\[default: gpu-BUS-DEVICE].",
         show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:

@@ -49,3 +49,18 @@ def test_a_library_fault_ends_in_a_message_and_an_exit_code_never_a_traceback(mo
         assert exited.value.code == code, err
         assert phrase in err and "GPUPROV_DEBUG=1" in err
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("command", "shown"), [
+    (["lab", "up"], "[default: intel]"),
+    (["host", "setup"], "[default: the others go on]"),
+    (["host", "inspect"], "[default: the lab's inventory]"),
+    (["vm", "passthrough"], "[default: $XDG_STATE_HOME/gpuprov/vms.yml]"),
+])
+def test_help_keeps_the_defaults_written_in_brackets(command, shown):
+    # rich read "[default: ...]" as a markup tag and dropped it from every help text.
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(cli_app.app, [*command, "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    assert shown in " ".join(result.output.replace("│", " ").split())
