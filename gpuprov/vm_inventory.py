@@ -89,15 +89,11 @@ def parse(text: str | None, path: Path) -> dict:
 
 def merged(document: dict, name: str, variables: dict) -> str:
     """``document`` with ``name`` recorded in group gpuprov_vms (its old entry replaced)."""
-    all_ = document.setdefault("all", {}) or {}
-    document["all"] = all_
-    children = all_.setdefault("children", {}) or {}
-    all_["children"] = children
-    group = children.setdefault(GROUP, {}) or {}
-    children[GROUP] = group
-    hosts = group.setdefault("hosts", {}) or {}
-    group["hosts"] = hosts
-    hosts[name] = variables
+    node = document
+    for key in ("all", "children", GROUP, "hosts"):  # each level made, or kept as it is
+        node[key] = node.get(key) or {}
+        node = node[key]
+    node[name] = variables
     return _HEADER + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 
 
