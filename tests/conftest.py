@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,34 @@ def installed_gpuprov(tmp_path_factory) -> Path:
     subprocess.run([str(work / "venv/bin/pip"), "install", "--quiet", str(wheel)], check=True,
                    stdin=subprocess.DEVNULL)
     return work / "venv/bin/gpuprov"
+
+
+SLOW_TEST_SECONDS = 30
+
+
+class SlowTestLog:
+    """Names each slow test as soon as it ends, with the suite's time so far: if CI's limit
+    stops the run, its output still says where the time went (--durations prints only at
+    the end, and only if the run gets there)."""
+
+    def __init__(self, terminal):
+        self.terminal = terminal
+        self.started = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report):
+        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
+        if report.when == "teardown" and self.seconds[report.nodeid] >= SLOW_TEST_SECONDS:
+            self.terminal.ensure_newline()
+            self.terminal.write_line(f"[{(time.monotonic() - self.started) / 60:5.1f} min] "
+                                     f"{self.seconds[report.nodeid]:5.0f} s  {report.nodeid}")
+
+
+@pytest.hookimpl(trylast=True)  # after the terminal reporter exists
+def pytest_configure(config):
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        config.pluginmanager.register(SlowTestLog(terminal), "gpuprov-slow-test-log")
 
 
 # The `pve_sim` fixture (a simulated Proxmox VE node over HTTPS) for every test package; it is
