@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,15 +157,19 @@ class _Boot:
 
 
 # Run on a host resumed from a checkpoint: it is a copy of another host, so it takes its own
-# name, SSH host keys, machine-id, root login key and the current time. The host keys are
-# made here, natively: generating an RSA key under software emulation takes seconds.
+# name, SSH host keys, machine-id, root login key and the current time. Everything random
+# comes from here: copies resumed from one checkpoint share the kernel's random state, and two
+# of them were seen to draw the same machine-id from /proc/sys/kernel/random/uuid. Fresh bytes
+# written to /dev/urandom make their streams differ from then on. The host keys are made here
+# too, natively: generating an RSA key under software emulation takes seconds.
 _IDENTITY_SCRIPT = """set -eu
+printf '%s' {entropy} > /dev/urandom
 date -s @{now:.3f} >/dev/null
 echo {name} > /etc/hostname
 sed -i '/^127\\.0\\.1\\.1[[:space:]]/d' /etc/hosts
 printf '127.0.1.1\\t%s\\n' {name} >> /etc/hosts
 hostname {name}
-tr -d - < /proc/sys/kernel/random/uuid > /etc/machine-id
+echo {machine_id} > /etc/machine-id
 install -d -m 0700 /root/.ssh
 printf '%s\\n' '{authorized_key}' > /root/.ssh/authorized_keys.gpuprov
 chmod 0600 /root/.ssh/authorized_keys.gpuprov
@@ -587,6 +593,7 @@ class Lab:
                 pins.append(" ".join(key.with_suffix(".pub").read_text().split()[:2]))
             script = _IDENTITY_SCRIPT.format(
                 now=time.time(), name=name, host_keys="\n".join(writes),
+                entropy=secrets.token_hex(64), machine_id=uuid.uuid4().hex,
                 authorized_key=self.private_key.with_suffix(".pub").read_text().strip())
         with ssh.connect(resumed) as client:
             _checked(client, "sh -s", stdin=script)
