@@ -97,11 +97,15 @@ class SlowTestLog:
         self.seconds: dict[str, float] = {}
 
     def pytest_runtest_logreport(self, report):
-        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
-        if report.when == "teardown" and self.seconds[report.nodeid] >= SLOW_TEST_SECONDS:
-            self.terminal.ensure_newline()
+        seconds = self.seconds.get(report.nodeid, 0.0) + report.duration
+        self.seconds[report.nodeid] = seconds
+        if report.when != "teardown":
+            return
+        del self.seconds[report.nodeid]  # teardown is a test's last report
+        if seconds >= SLOW_TEST_SECONDS:
+            self.terminal.write("\n")  # off the progress dots
             self.terminal.write_line(f"[{(time.monotonic() - self.started) / 60:5.1f} min] "
-                                     f"{self.seconds[report.nodeid]:5.0f} s  {report.nodeid}")
+                                     f"{seconds:5.0f} s  {report.nodeid}")
 
 
 @pytest.hookimpl(trylast=True)  # after the terminal reporter exists

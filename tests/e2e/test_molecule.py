@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,10 @@ def test_molecule_scenarios(lab_root, tmp_path):
                 running[scenario] = subprocess.Popen(
                     [f"{bin_dir}/molecule", "test", "-s", scenario], cwd=ROOT, env=env,
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        # Each scenario has the 1800 s it had when they ran one after the other.
+        deadline = time.monotonic() + 1800
         for process in running.values():
-            process.wait(timeout=2400)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
     finally:
         for process in running.values():
             if process.poll() is None:
