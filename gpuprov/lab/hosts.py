@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from gpuprov.errors import EnvironmentProblem, LabFailure, NotFoundError, UsageE
 from gpuprov.lab.checkpoints import CheckpointCache, Entry
 from gpuprov.lab.image import BUILD_SPACE, ImageCache
 from gpuprov.lab.locking import exclusive
+from gpuprov.lab.ports import PortRegistry
 from gpuprov.lab.qmp import Qmp, QmpError
 from gpuprov.lab.spec import (
     GIB,
@@ -59,7 +59,6 @@ from gpuprov.lab.spec import (
 from gpuprov.lab.supervisor import LOG_FILE, Launch
 from gpuprov.transport import ssh
 
-FIRST_SSH_PORT = 2222
 # An overlay starts tiny but grows with every package a later stage installs.
 SPACE_PER_HOST = 2 * GIB
 DEFAULT_BOOT_TIMEOUT = 900
@@ -185,8 +184,10 @@ HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 
 class Lab:
     def __init__(self, root: Path | None = None, cache: ImageCache | None = None,
-                 checkpoints: CheckpointCache | None = None) -> None:
+                 checkpoints: CheckpointCache | None = None,
+                 ports: PortRegistry | None = None) -> None:
         self.root = root or default_lab_dir()
+        self.ports = ports or PortRegistry()
         self.cache = cache or ImageCache()
         self.checkpoints = checkpoints or CheckpointCache(self.cache.root / "checkpoints")
         self.private_key = self.root / "id_ed25519"
@@ -327,8 +328,10 @@ class Lab:
     def destroy(self, name: str) -> None:
         """Stop ``name`` at once and remove every file it had."""
         self.spec(name)
+        port = self.spec(name).ssh_port
         self._kill(name)
         shutil.rmtree(self.files(name).dir)
+        self.ports.release(port, self.files(name).spec)
         self.write_inventory()
 
     def checkpoint(self, name: str, key: str, meta: dict) -> Entry:
@@ -365,8 +368,8 @@ class Lab:
         if ssh_port is not None and len(new) != len(names):
             raise UsageError("--ssh-port applies only to new hosts",
                              "existing hosts keep their port; leave --ssh-port out")
-        taken = {self.spec(n).ssh_port for n in existing}
-        ports = iter(self._pick_ports(len(new), ssh_port, taken))
+        taken = frozenset(self.spec(n).ssh_port for n in existing)
+        ports = iter(self.ports.reserve([self.files(n).spec for n in new], ssh_port, taken))
         specs = []
         for name in names:
             if name in existing:
@@ -382,24 +385,6 @@ class Lab:
             else:
                 specs.append(HostSpec(name=name, ssh_port=next(ports), **options))
         return specs
-
-    @staticmethod
-    def _pick_ports(count: int, first: int | None, taken: set[int]) -> list[int]:
-        if first is not None:
-            ports = list(range(first, first + count))
-            for port in ports:
-                if port in taken or not _port_free(port):
-                    raise EnvironmentProblem(
-                        f"port {port} on 127.0.0.1 is already in use",
-                        "choose another --ssh-port, or leave it out to pick free ports",
-                    )
-            return ports
-        ports, port = [], FIRST_SSH_PORT
-        while len(ports) < count:
-            if port not in taken and _port_free(port):
-                ports.append(port)
-            port += 1
-        return ports
 
     def _check_space(self, new: list[HostSpec], starting: list[HostSpec]) -> None:
         needs = [(self.root, SPACE_PER_HOST * len(new), f"{len(new)} new host(s)")]
@@ -657,15 +642,6 @@ def _last_start(qemu_log: Path) -> str:
     except OSError:
         return ""
     return text.rpartition("\n== ")[2].partition("\n")[2].strip()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _free_bytes(path: Path) -> int:
