@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from gpuprov.cli.output import console, err_console
+from gpuprov.cli.output import console, err_console, print_json
 from gpuprov.cli.stages import (
     CheckOption,
     ForksOption,
@@ -61,17 +60,17 @@ def inspect(
     if hosts == [pattern]:
         result = stage.run(pattern, inventory=inventory, gpus=gpus)
         if as_json:
-            console.print_json(json.dumps(result.to_json()))
+            print_json(result.to_json())
         else:
             _render(result)
         raise typer.Exit(result.exit_code)
     results = stage.run_many(hosts, inventory=inventory, gpus=gpus, forks=forks)
     code = worst(r.exit_code for r in results)
     if as_json:
-        console.print_json(json.dumps({"exit_code": code, "hosts": [
+        print_json({"exit_code": code, "hosts": [
             r.to_json() if isinstance(r, stage.InspectResult)
             else {"host": h, "exit_code": r.exit_code, "error": r.message, "hint": r.hint}
-            for h, r in zip(hosts, results, strict=True)]}))
+            for h, r in zip(hosts, results, strict=True)]})
     else:
         _render_fleet(hosts, results)
     raise typer.Exit(code)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from gpuprov.cli.output import console, err_console, progress
+from gpuprov.cli.output import console, err_console, print_json, progress
 from gpuprov.lab.spec import BOOT_CHOICES, GROUP_MATE_CHOICES, IOMMU_CHOICES, validate_names
 
 app = typer.Typer(
@@ -95,7 +94,7 @@ def list_(
     """Show every lab host and whether it runs."""
     lab = _lab()
     if as_json:
-        console.print_json(json.dumps([lab.status(name) for name in lab.names()]))
+        print_json([lab.status(name) for name in lab.names()])
         return
     if not lab.names():
         err_console.print("no lab hosts; create one with: gpuprov lab up")
@@ -161,9 +160,9 @@ def cache(
         return
     entries = checkpoints.entries()
     if as_json:
-        console.print_json(json.dumps([{
+        print_json([{
             "key": e.key, "kind": e.meta.get("kind"), "spec": e.meta.get("spec"),
-            "bytes": e.size, "last_used": e.last_used, "dir": str(e.dir)} for e in entries]))
+            "bytes": e.size, "last_used": e.last_used, "dir": str(e.dir)} for e in entries])
         return
     if not entries:
         err_console.print(f"no checkpoints in {checkpoints.root}: the next lab up of each host "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -21,6 +22,15 @@ def _console(stderr: bool = False) -> Console:
 
 console = _console()
 err_console = _console(stderr=True)
+
+
+def print_json(data: object) -> None:
+    """``data`` as JSON on stdout: coloured on a terminal, plain where a program reads it.
+    rich's highlighting is slow on big documents: 1.3 s for a 32-host `host inspect --json`."""
+    if console.is_terminal:
+        console.print_json(json.dumps(data))
+    else:
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def print_error(message: str, hint: str | None = None) -> None:

@@ -4,7 +4,6 @@ confirmation, progress, and the outcome per host. The flow itself is ``gpuprov.s
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Annotated
@@ -15,7 +14,7 @@ from rich.prompt import Confirm
 from rich.syntax import Syntax
 from rich.table import Table
 
-from gpuprov.cli.output import console, err_console, print_error, progress
+from gpuprov.cli.output import console, err_console, print_error, print_json, progress
 from gpuprov.errors import NotConfirmed
 from gpuprov.stages import engine
 from gpuprov.transport.events import PlaybookResult
@@ -100,7 +99,7 @@ def finish(run: engine.StageRun, *, as_json: bool,
            render_done: Callable[[engine.HostOutcome], None]) -> None:
     """Each host's outcome (and one table over several hosts), then exit with the worst."""
     if as_json:
-        console.print_json(json.dumps(run.to_json()))
+        print_json(run.to_json())
         raise typer.Exit(run.exit_code)
     several = len(run.outcomes) > 1
     for outcome in run.outcomes:

@@ -5,7 +5,6 @@ One command for every hypervisor; ``--hypervisor`` picks the backend in ``gpupro
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ import typer
 from rich.prompt import Confirm
 from rich.table import Table
 
-from gpuprov.cli.output import console, err_console, progress
+from gpuprov.cli.output import console, err_console, print_json, progress
 from gpuprov.errors import UsageError
 
 app = typer.Typer(help="Create passthrough VMs on Proxmox VE, ESXi or libvirt.",
@@ -172,9 +171,9 @@ def passthrough(
         vm_inventory.write(inventory_file,
                            vm_inventory.merged(recorded_before, name, variables))
     if as_json:
-        console.print_json(json.dumps({**result.to_json(), "inventory": {
+        print_json({**result.to_json(), "inventory": {
             "file": str(inventory_file) if address else None, "host": name,
-            "recorded": bool(address), "vars": variables}}))
+            "recorded": bool(address), "vars": variables}})
         return
     verb = "created" if result.created else "gave the card to"
     table = Table(title=f"{verb} VM {result.vm_id} ({result.vm_name}) on {result.host} "
@@ -237,7 +236,7 @@ def devices(
             host, inventory, _options(option or []), report, confirmer(yes),
             enable=parse_address(enable) if enable is not None else None, reboot=reboot)
     if as_json:
-        console.print_json(json.dumps(result.to_json()))
+        print_json(result.to_json())
         return
     table = Table(title=f"PCI devices of {result.host} [{result.hypervisor}]",
                   title_justify="left")
@@ -275,7 +274,7 @@ def mapping(
         result = backend.mappings(host, inventory, report,
                                   create=parse_address(create) if create else None, name=name)
     if as_json:
-        console.print_json(json.dumps(result.to_json()))
+        print_json(result.to_json())
         return
     table = Table(title=f"PCI resource mappings seen from {result.host} [proxmox]",
                   title_justify="left")
