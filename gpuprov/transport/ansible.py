@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def run_playbook(
         options = ["--check"] if check else []
         options += ["--diff", *([f"--forks={forks}"] if forks else [])]
         rc = _run(name, inventory=inventory, limit=limit, extravars=extravars,
-                  options=" ".join(options), on_event=on_event, cancelled=interrupted.is_set)
+                  options=" ".join(options), on_event=on_event,
+                  cancelled=_Cancel(interrupted.is_set))
     result = decode(rc, events)
     if interrupted.is_set():
         raise RunInterrupted(result)
@@ -118,6 +120,49 @@ def _interruptible() -> Iterator[threading.Event]:
         yield interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class _Cancel:
+    """ansible-runner's ``cancel_callback``, which stops ansible-playbook's workers too.
+
+    ansible-runner cancels by sending SIGKILL to the playbook's process group. Each of
+    Ansible's workers (one per host and task) runs in a session of its own, out of that
+    group's reach: after a Ctrl-C, the worker of the task that was running lived on, orphaned,
+    and could go on changing its host. ansible-playbook stops its workers itself when it gets
+    SIGTERM, so that comes first; the SIGKILL follows only if it has not exited by then.
+    """
+
+    GRACE_SECONDS = 10.0
+
+    def __init__(self, interrupted: Callable[[], bool]) -> None:
+        self.interrupted = interrupted
+        self.terminated_at: float | None = None
+
+    def __call__(self) -> bool:
+        if not self.interrupted():
+            return False
+        if self.terminated_at is None:
+            self.terminated_at = time.monotonic()
+            for pid in _ansible_playbooks_started_here():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        return time.monotonic() - self.terminated_at > self.GRACE_SECONDS
+
+
+def _ansible_playbooks_started_here() -> list[int]:
+    """The ansible-playbook processes that are children of this one."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == os.getpid() and any(part.endswith(b"ansible-playbook") for part in command):
+            found.append(int(proc.name))
+    return found
 
 
 def _run(name: str | Path, *, inventory: Path, limit: str, extravars: dict, options: str,
