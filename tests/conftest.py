@@ -108,24 +108,10 @@ class SlowTestLog:
                                      f"{seconds:5.0f} s  {report.nodeid}")
 
 
-# The suite runs in two streams (pyproject.toml: --numprocesses=2, --dist=loadgroup). A lab host
-# under emulation leaves about a third of these two-core machines idle between its bursts of
-# work, and the other stream fills it. Each stream has its own lab directory (`lab_root` is per
-# worker) and the lab's port registry keeps their SSH ports apart. xdist hands each stream its
-# next test as the last one ends, so the longest VM tests go first (longest processing time
-# first: the two streams then end close together), and the quick tests fill in at the end.
-def pytest_collection_modifyitems(items):
-    def longest_first(item):
-        vm = item.get_closest_marker("vm")
-        return (0, -vm.kwargs.get("minutes", 0)) if vm else (1, 0)
-
-    items.sort(key=longest_first)
-
-
 @pytest.hookimpl(trylast=True)  # after the terminal reporter exists
 def pytest_configure(config):
     terminal = config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is not None and not hasattr(config, "workerinput"):  # xdist's controller
+    if terminal is not None:
         config.pluginmanager.register(SlowTestLog(terminal), "gpuprov-slow-test-log")
 
 

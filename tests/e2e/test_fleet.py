@@ -16,7 +16,7 @@ from gpuprov.lab.hosts import Lab
 from gpuprov.lab.supervisor import LOG_FILE
 from tests.e2e.test_host_setup import _boot_id, _drivers, _ssh, _untouched, _up_together
 
-pytestmark = pytest.mark.vm(minutes=10)
+pytestmark = pytest.mark.vm
 
 # In inventory order: the refused host sits between two that can be set up.
 FLEET = {"fl-a": [], "fl-disk": ["--group-mate", "disk"], "fl-c": []}

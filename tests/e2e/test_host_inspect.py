@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.vm(minutes=1)
+pytestmark = pytest.mark.vm
 
 
 def test_inspect_a_stock_lab_host(run_gpuprov, lab_root):

@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+pytestmark = pytest.mark.vm
+
 GPU = ("0000:01:00.0", "0000:01:00.1")
 ADDED_FILES = "/etc/modprobe.d/gpuprov-vfio.conf /var/backups/gpuprov"
 BACKUPS = "/var/backups/gpuprov-elsewhere"  # both roles' backups, moved by host_vars
@@ -41,7 +43,6 @@ def _inventory_with_own_backup_dirs(lab_root, tmp_path):
     return str(inventory)
 
 
-@pytest.mark.vm(minutes=8)
 def test_setup_once_then_nothing_to_do_then_rollback(run_gpuprov, lab_root, tmp_path):
     run_gpuprov("lab", "up", "hs")
     inventory = _inventory_with_own_backup_dirs(lab_root, tmp_path)
@@ -122,7 +123,6 @@ REFUSAL_HOSTS = {
 }
 
 
-@pytest.mark.vm(minutes=3)
 def test_every_refusal_on_a_host_built_to_trigger_it(run_gpuprov):
     _up_together(run_gpuprov, REFUSAL_HOSTS)
     try:

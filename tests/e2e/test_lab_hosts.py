@@ -19,7 +19,7 @@ from tests.conftest import qemu_pids_under
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.vm(minutes=2)
+pytestmark = pytest.mark.vm
 
 
 def _ssh(run_gpuprov, name: str, command: str) -> str:

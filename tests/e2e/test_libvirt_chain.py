@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.libvirt_chain import DOMAIN, gpuprov, run_chain
 
-pytestmark = pytest.mark.vm(minutes=13)
+pytestmark = pytest.mark.vm
 
 STAND_IN_GPU = {"1234:1111": "030000", "8086:293e": "040300"}  # VGA, HD audio
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.vm(minutes=14)
+pytestmark = pytest.mark.vm
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("intel-grub", "amd-systemd-boot")
