@@ -327,7 +327,6 @@ class Lab:
 
     def destroy(self, name: str) -> None:
         """Stop ``name`` at once and remove every file it had."""
-        self.spec(name)
         port = self.spec(name).ssh_port
         self._kill(name)
         shutil.rmtree(self.files(name).dir)
@@ -368,23 +367,20 @@ class Lab:
         if ssh_port is not None and len(new) != len(names):
             raise UsageError("--ssh-port applies only to new hosts",
                              "existing hosts keep their port; leave --ssh-port out")
+        stored = {n: self.spec(n) for n in names if n in existing}
+        for name, spec in stored.items():
+            changed = {k: v for k, v in options.items() if getattr(spec, k) != v}
+            if changed:
+                raise UsageError(
+                    f"lab host {name!r} already exists with different settings "
+                    + ", ".join(f"{k}={getattr(spec, k)}" for k in changed),
+                    f"destroy it first (gpuprov lab destroy {name}) to change them",
+                )
+        # Reserved only once the request is known to be good: bad input records nothing.
         taken = frozenset(self.spec(n).ssh_port for n in existing)
         ports = iter(self.ports.reserve([self.files(n).spec for n in new], ssh_port, taken))
-        specs = []
-        for name in names:
-            if name in existing:
-                stored = self.spec(name)
-                changed = {k: v for k, v in options.items() if getattr(stored, k) != v}
-                if changed:
-                    raise UsageError(
-                        f"lab host {name!r} already exists with different settings "
-                        + ", ".join(f"{k}={getattr(stored, k)}" for k in changed),
-                        f"destroy it first (gpuprov lab destroy {name}) to change them",
-                    )
-                specs.append(stored)
-            else:
-                specs.append(HostSpec(name=name, ssh_port=next(ports), **options))
-        return specs
+        return [stored[name] if name in stored
+                else HostSpec(name=name, ssh_port=next(ports), **options) for name in names]
 
     def _check_space(self, new: list[HostSpec], starting: list[HostSpec]) -> None:
         needs = [(self.root, SPACE_PER_HOST * len(new), f"{len(new)} new host(s)")]

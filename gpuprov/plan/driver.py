@@ -90,9 +90,10 @@ class DriverMatch:
 @dataclass(frozen=True)
 class _Candidate:
     branch: int
-    version: str | None
-    offers: dict[str, dict]  # modules -> {"packages": [...], "headless": [...], "module": ...}
-    reason: str
+    version: str | None = None  # the exact version, where the distro's archive is known
+    # modules -> {"packages": [...], "headless": [...], "module": ...}
+    offers: dict[str, dict] = field(default_factory=dict)
+    reason: str = ""
 
 
 def match(data: DriverData, request: DriverRequest, *, hint_elsewhere: bool = True
@@ -168,7 +169,7 @@ def match(data: DriverData, request: DriverRequest, *, hint_elsewhere: bool = Tr
     raise UsageError(
         f"no driver in {distro['name']} meets the request for {card}: " + "; ".join(reasons),
         f"its newest driver there is {_driver_words(best)}, which supports CUDA up to "
-        f"{_cuda_up_to(data, best, info) or 'none'}; {newest}")
+        f"{_newest_cuda(data, best, info.get('last_cuda')) or 'none'}; {newest}")
 
 
 def _gpu(data: DriverData, text: str) -> tuple[str, dict]:
@@ -234,7 +235,7 @@ def _check_cuda_supports(data: DriverData, card: str, arch: str | None, info: di
         return
     if last_cuda == "none" or _version(cuda) > _version(last_cuda):
         newest = (f"the newest branch for this card is {last}, which supports CUDA up to "
-                  f"{_cuda_for_branch(data, last, last_cuda) or 'none'}") if last else ""
+                  f"{_newest_cuda(data, _Candidate(last), last_cuda) or 'none'}") if last else ""
         raise UsageError(
             f"CUDA {cuda} does not support {card}: "
             + (f"{arch} GPUs never ran CUDA" if last_cuda == "none"
@@ -242,18 +243,12 @@ def _check_cuda_supports(data: DriverData, card: str, arch: str | None, info: di
             newest or None)
 
 
-def _cuda_for_branch(data: DriverData, branch: int, cap: str | None) -> str | None:
-    fits = [v for v, minimum in data.cuda.items() if _version(minimum)[0] <= branch
-            and (cap is None or cap == "none" or _version(v) <= _version(cap))]
-    return max(fits, key=_version) if fits and cap != "none" else None
-
-
-def _cuda_up_to(data: DriverData, candidate: _Candidate, info: dict) -> str | None:
-    fits = [v for v, minimum in data.cuda.items() if _meets(candidate, minimum)]
-    cap = info.get("last_cuda")
+def _newest_cuda(data: DriverData, candidate: _Candidate, cap: str | None) -> str | None:
+    """The newest CUDA release ``candidate``'s driver runs, up to the architecture's last."""
     if cap == "none":
         return None
-    fits = [v for v in fits if cap is None or _version(v) <= _version(cap)]
+    fits = [v for v, minimum in data.cuda.items()
+            if _meets(candidate, minimum) and (cap is None or _version(v) <= _version(cap))]
     return max(fits, key=_version) if fits else None
 
 
@@ -295,7 +290,7 @@ def _branch_candidates(distro: dict, arch: str | None, first: int,
         limit = f" (NVIDIA's last for {arch} GPUs)" if branch == last else ""
         reason = (f"Branch {branch}{limit} is the newest branch in {distro['name']} that "
                   f"drives this card (gpuprov/data/nvidia/distros.yaml).")
-        candidates.append(_Candidate(branch=branch, version=None, reason=reason,
+        candidates.append(_Candidate(branch=branch, reason=reason,
                                      offers={m: distro[m] for m in MODULES if m in distro}))
     return candidates
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpuprov.transport.ansible import RunInterrupted, run_playbook
+from tests.conftest import qemu_pids_under
 
 PLAYBOOK = """\
 - name: Write one file, fail on request
@@ -126,19 +127,7 @@ def test_ctrl_c_cancels_the_run_and_says_what_each_host_had_done(project, tmp_pa
     # Nothing of the run is left: Ansible's worker for the running task has a session of its
     # own (setsid), and once outlived ansible-runner's SIGKILL of the playbook's group.
     deadline = time.monotonic() + 15
-    while (left := _processes_mentioning(tmp_path)) and time.monotonic() < deadline:
+    while (left := qemu_pids_under(tmp_path, b"ansible-playbook")) and \
+            time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, left
-
-
-def _processes_mentioning(path: Path) -> list[str]:
-    needle = str(path).encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            command = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
-        except OSError:
-            continue
-        if needle in command and int(proc.name) != os.getpid():
-            found.append(command.replace(b"\0", b" ").decode(errors="replace"))
-    return found
