@@ -41,30 +41,49 @@ show_file() { # PATH: a section `file PATH` with the file's content
     fi
 }
 
-dir_name() { # LINK: set _name to the name of the directory LINK resolves to; false if none
-    # `cd -P` resolves the link without forking, unlike basename "$(readlink -f LINK)".
-    _name=
+# Under software emulation every fork costs about 0.1 s, and across a fleet every endpoint's
+# CPU counts: what a shell builtin can do, a builtin does.
+
+dir_name() { # LINK: set _path to the directory LINK resolves to, _name to its name; false if none
+    # `cd -P` resolves the link without forking, unlike "$(readlink -f LINK)".
+    _path= _name=
     cd -P "$1" 2>/dev/null || return 1
+    _path=$PWD
     _name=${PWD##*/}
     cd / || :
+}
+
+list_dir() { # NAME DIR: a section NAME with the names in DIR, as `ls -1` prints them
+    header "$1"
+    for _entry in "$2"/*; do
+        [ -e "$_entry" ] && echo "${_entry##*/}"
+    done
+}
+
+any_entry() { # DIR: true when DIR has an entry
+    for _entry in "$1"/*; do
+        [ -e "$_entry" ] && return 0
+    done
+    return 1
 }
 
 # A subshell body, so that each level of the recursion keeps its own _dev and _found (an LVM
 # root, dm-0 over sda2, used to list sda twice).
 block_parents() ( # NAME: the whole disks under block device NAME (partitions, dm, md resolved)
-    _dev=$(readlink -f "/sys/class/block/$1" 2>/dev/null) || return 0
-    [ -e "$_dev" ] || return 0
+    dir_name "/sys/class/block/$1" || return 0
+    _dev=$_path
     if [ -f "$_dev/partition" ]; then
-        block_parents "$(basename "$(dirname "$_dev")")"
+        _parent=${_dev%/*}
+        block_parents "${_parent##*/}"
         return 0
     fi
     _found=
     for _slave in "$_dev"/slaves/*; do
         [ -e "$_slave" ] || continue
         _found=1
-        block_parents "$(basename "$_slave")"
+        block_parents "${_slave##*/}"
     done
-    [ -n "$_found" ] || basename "$_dev"
+    [ -n "$_found" ] || echo "${_dev##*/}"
 )
 
 net_lowers() { # IF: the interfaces with a device under IF (bridge ports, bond slaves, VLAN parents)
@@ -74,22 +93,38 @@ net_lowers() { # IF: the interfaces with a device under IF (bridge ports, bond s
     fi
     for _lower in /sys/class/net/"$1"/lower_* /sys/class/net/"$1"/brif/*; do
         [ -e "$_lower" ] || continue
-        _lname=$(basename "$_lower")
+        _lname=${_lower##*/}
         net_lowers "${_lname#lower_}"
     done
 }
 
 header probe
 echo "gpuprov-probe 1"
-echo "uid $(id -u 2>/dev/null)"
+_uid=
+while read -r _key _real _effective _rest; do  # Uid: real effective saved file-system
+    if [ "$_key" = Uid: ]; then _uid=$_effective; break; fi
+done 2>/dev/null </proc/self/status
+[ -n "$_uid" ] || _uid=$(id -u 2>/dev/null)
+echo "uid $_uid"
 
 header cpu_vendor
-grep -m1 '^vendor_id' /proc/cpuinfo 2>/dev/null
+while read -r _line; do
+    case $_line in vendor_id*) echo "$_line"; break ;; esac
+done 2>/dev/null </proc/cpuinfo
 
-run kernel uname -r
+_kernel=
+read -r _kernel 2>/dev/null </proc/sys/kernel/osrelease
+if [ -n "$_kernel" ]; then
+    header kernel
+    echo "$_kernel"
+else
+    run kernel uname -r
+    _kernel=$(uname -r 2>/dev/null)
+fi
 
 header cmdline
-cat /proc/cmdline 2>/dev/null
+_cmdline=
+read -r _cmdline 2>/dev/null </proc/cmdline && echo "$_cmdline"
 
 header firmware
 if [ -d /sys/firmware/efi ]; then echo uefi; else echo bios; fi
@@ -100,7 +135,7 @@ if [ -r "$_sb" ]; then
     # The first 4 bytes are the variable's attributes; the 5th is the value (1 = enabled).
     header secure_boot
     od -An -t u1 -j 4 -N 1 "$_sb" 2>/dev/null | tr -d ' '
-elif [ -n "$(find /sys/firmware/efi/efivars -mindepth 1 -maxdepth 1 2>/dev/null | head -n 1)" ]; then
+elif any_entry /sys/firmware/efi/efivars; then
     # UEFI variables are readable but there is none: firmware without Secure Boot support.
     header secure_boot
     echo "no SecureBoot variable"
@@ -109,7 +144,7 @@ else
 fi
 
 if [ -d /sys/firmware/acpi/tables ]; then
-    run acpi_tables ls -1 /sys/firmware/acpi/tables
+    list_dir acpi_tables /sys/firmware/acpi/tables
 else
     header acpi_tables absent
 fi
@@ -119,9 +154,9 @@ for _d in /sys/kernel/iommu_groups/*/devices/*; do
     [ -e "$_d" ] && echo "$_d"
 done
 
-if [ -d /sys/class/iommu ]; then run iommu_class ls -1 /sys/class/iommu; else header iommu_class absent; fi
+if [ -d /sys/class/iommu ]; then list_dir iommu_class /sys/class/iommu; else header iommu_class absent; fi
 
-_config=/boot/config-$(uname -r 2>/dev/null)
+_config=/boot/config-$_kernel
 if [ -f "$_config" ]; then
     header "kernel_config $_config"
     grep -E '^(# )?CONFIG_(INTEL_IOMMU|AMD_IOMMU|IRQ_REMAP)' "$_config" 2>/dev/null
@@ -134,9 +169,10 @@ _dmesg_re='DMAR|AMD-Vi|IOMMU|remapping'
 if _log=$(dmesg 2>/dev/null) && [ -n "$_log" ]; then
     header dmesg
     printf '%s\n' "$_log" | grep -E -i "$_dmesg_re"
-    if ! printf '%s\n' "$_log" | grep -q -E -i 'remapping'; then
-        journalctl -k -b 0 -o cat --no-pager 2>/dev/null | grep -E -i 'remapping'
-    fi
+    case $_log in
+        *[Rr][Ee][Mm][Aa][Pp][Pp][Ii][Nn][Gg]*) ;;
+        *) journalctl -k -b 0 -o cat --no-pager 2>/dev/null | grep -E -i 'remapping' ;;
+    esac
 elif command -v journalctl >/dev/null 2>&1; then
     header dmesg
     journalctl -k -b 0 -o cat --no-pager 2>/dev/null | grep -E -i "$_dmesg_re"
@@ -178,16 +214,22 @@ run bootctl_status bootctl status --no-pager
 
 header root_fs
 if command -v findmnt >/dev/null 2>&1; then
-    findmnt -n -r -o SOURCE,FSTYPE / 2>/dev/null
+    _root_fs=$(findmnt -n -r -o SOURCE,FSTYPE / 2>/dev/null)
 else
-    awk '$2 == "/" { print $1, $3 }' /proc/mounts 2>/dev/null | tail -n 1
+    _root_fs=$(awk '$2 == "/" { print $1, $3 }' /proc/mounts 2>/dev/null | tail -n 1)
 fi
+[ -z "$_root_fs" ] || echo "$_root_fs"
 
 # `DISK PATH` for each whole disk under the root file system: PATH is its device in sysfs,
 # whose PCI addresses are the controller and the bridges above it.
 header root_disk
-_root_src=$(findmnt -n -r -o SOURCE / 2>/dev/null || awk '$2 == "/" { print $1 }' /proc/mounts)
-_root_type=$(findmnt -n -r -o FSTYPE / 2>/dev/null || awk '$2 == "/" { print $3 }' /proc/mounts)
+_root_src= _root_type=
+while read -r _source _type; do
+    _root_src="$_root_src $_source"
+    _root_type=$_type
+done <<ROOT_FS
+$_root_fs
+ROOT_FS
 _root_devs=
 if [ "$_root_type" = zfs ]; then
     _root_devs=$(zpool list -v -H -P "${_root_src%%/*}" 2>/dev/null | awk '$1 ~ /^\/dev\// { print $1 }')
@@ -200,8 +242,9 @@ for _src in $_root_devs; do
     _src=${_src%%\[*}  # btrfs: /dev/sda2[/@rootfs]
     case "$_src" in /dev/*) ;; *) continue ;; esac
     _node=$(readlink -f "$_src" 2>/dev/null) || continue
-    for _disk in $(block_parents "$(basename "$_node")"); do
-        echo "$_disk $(readlink -f "/sys/class/block/$_disk/device" 2>/dev/null)"
+    for _disk in $(block_parents "${_node##*/}"); do
+        dir_name "/sys/class/block/$_disk/device"
+        echo "$_disk $_path"
     done
 done
 
@@ -221,12 +264,13 @@ if [ -n "$SSH_CONNECTION" ]; then
     if [ -n "$_if" ]; then
         echo "interface $_if"
         for _nic in $(net_lowers "$_if"); do
-            echo "device $_nic $(readlink -f "/sys/class/net/$_nic/device" 2>/dev/null)"
+            dir_name "/sys/class/net/$_nic/device"
+            echo "device $_nic $_path"
         done
     fi
 fi
 
-if [ -d /dev/vfio ]; then run dev_vfio ls -1 /dev/vfio; else header dev_vfio absent; fi
+if [ -d /dev/vfio ]; then list_dir dev_vfio /dev/vfio; else header dev_vfio absent; fi
 
 # `NAME loaded|builtin|absent` for each vfio module.
 header vfio_modules

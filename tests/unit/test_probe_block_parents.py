@@ -13,10 +13,13 @@ PROBE = Path(__file__).resolve().parents[2] / "gpuprov/facts/probe.sh"
 
 
 def _function(sysfs: Path) -> str:
+    """block_parents, with dir_name which it resolves links with."""
     text = PROBE.read_text()
+    helper = text.index("dir_name() {")
+    helper = text[helper:text.index("\n}\n", helper) + 3]
     start = text.index("block_parents() (")
     end = text.index("\n)\n", start) + 3
-    return text[start:end].replace("/sys/class/block", str(sysfs / "class/block"))
+    return helper + text[start:end].replace("/sys/class/block", str(sysfs / "class/block"))
 
 
 def _disk(sysfs: Path, name: str, *partitions: str) -> None:
