@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from gpuprov.transport.apt_archive import COMPONENTS, PrivateApt
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "gpuprov" / "data" / "nvidia"
@@ -45,27 +46,12 @@ CHIP_ARCHITECTURES = (
 NOT_A_GPU = re.compile(r"\b(Audio|USB|UCSI|SMBus|Serial Bus|Bridge|Controller)\b")
 
 
-def apt(work: Path, *args: str) -> str:
-    options = [f"-oDir::Etc::SourceList={work / 'sources.list'}",
-               "-oDir::Etc::SourceParts=/dev/null", f"-oDir::State::Lists={work / 'lists'}",
-               f"-oDir::Cache={work / 'cache'}", "-oDebug::NoLocking=1"]
-    if os.geteuid() == 0:  # apt's _apt user cannot write to a private directory
-        options.append("-oAPT::Sandbox::User=root")
-    tool = "apt-get" if args[0] in ("update", "download") else "apt-cache"
-    return subprocess.run([tool, *options, *args], cwd=work, check=True, capture_output=True,
-                          text=True).stdout
-
-
 def fetch(work: Path, mirror: str) -> dict[str, dict[str, str]]:
-    for sub in ("lists/partial", "cache/archives/partial"):
-        (work / sub).mkdir(parents=True)
-    (work / "sources.list").write_text("".join(
-        f"deb {mirror} {codename} main contrib non-free non-free-firmware\n"
-        for codename in RELEASES))
-    apt(work, "update")
+    apt = PrivateApt(work, [f"deb {mirror} {codename} {COMPONENTS}" for codename in RELEASES])
+    apt.update()
     versions: dict[str, dict[str, str]] = {codename: {} for codename in RELEASES}
     for package in (*PACKAGES, "nvidia-detect", "pci.ids"):
-        for line in apt(work, "madison", package).splitlines():
+        for line in apt.run("madison", package).stdout.splitlines():
             name, version, source = (field.strip() for field in line.split("|"))
             codename = source.split()[1].split("/")[0]
             if codename in versions:
@@ -74,7 +60,7 @@ def fetch(work: Path, mirror: str) -> dict[str, dict[str, str]]:
         wanted = [f"nvidia-detect={versions[codename]['nvidia-detect']}"]
         if codename == PCI_IDS_FROM:
             wanted.append(f"pci.ids={versions[codename]['pci.ids']}")
-        apt(work, "download", *wanted)
+        apt.run("download", *wanted)
         for deb in work.glob("*.deb"):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(work / codename)], check=True)
             deb.unlink()

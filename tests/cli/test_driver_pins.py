@@ -1,0 +1,53 @@
+"""`gpuprov driver pins` against Debian's real archive, cross-checked by apt itself: with the
+printed preferences file in place, apt resolves the driver's install, and every NVIDIA package
+it would install is at the version gpuprov pinned. Needs deb.debian.org, as the lab image does."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from gpuprov.transport.apt_archive import PrivateApt
+
+
+def _apt_installs(tmp_path, sources: list[str], preferences: str, packages: list[str]):
+    """What `apt-get -s install` would install on an empty system, with ``preferences``."""
+    apt = PrivateApt(tmp_path / "apt", sources)
+    (apt.work / "preferences.d" / "gpuprov-nvidia").write_text(preferences)
+    apt.update()
+    result = apt.run("-s", "install", *packages, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    return dict(re.findall(r"^Inst (\S+) \((\S+) ", result.stdout, re.MULTILINE))
+
+
+@pytest.mark.parametrize("flavour", [["--modules", "open"], ["--headless"]])
+def test_apt_installs_exactly_the_pinned_versions(run_gpuprov, tmp_path, flavour):
+    planned = json.loads(run_gpuprov("driver", "pins", "--gpu", "10de:2330", *flavour,
+                                     "--json").stdout)
+    preferences = run_gpuprov("driver", "pins", "--gpu", "10de:2330", *flavour)
+    assert preferences.stdout.startswith("# gpuprov driver pins: 10de:2330 (H100 SXM5 80GB)")
+    assert "# why: " in preferences.stderr
+    pins = planned["pins"]
+    assert preferences.stdout.count("Pin-Priority: 1001") == len(pins)
+
+    installs = _apt_installs(tmp_path, planned["sources"], preferences.stdout,
+                             planned["packages"])
+    assert set(planned["packages"]) <= set(installs)
+    pinned = {name: version for name, version in installs.items() if name in pins}
+    assert pinned == {name: pins[name] for name in pinned}
+    # Every package of the driver's own version line that apt installs is pinned: nothing
+    # of the driver can move on its own.
+    driver_version = planned["driver_version"]
+    assert {n for n, v in installs.items() if v.startswith(driver_version)} <= set(pins)
+
+
+def test_other_distros_and_unknown_gpus_are_refused(run_gpuprov):
+    ubuntu = run_gpuprov("driver", "pins", "--gpu", "10de:2330", "--distro", "ubuntu24.04",
+                         check=False)
+    assert ubuntu.returncode == 2, ubuntu.stderr
+    assert "driver pins plans from Debian's archive" in " ".join(ubuntu.stderr.split())
+    unknown = run_gpuprov("driver", "pins", "--gpu", "10de:ffff", check=False)
+    assert unknown.returncode == 3, unknown.stderr
+    assert "Traceback" not in ubuntu.stderr + unknown.stderr
