@@ -187,18 +187,18 @@ _UPSTREAM = functools.cmp_to_key(_compare_part)
 class _Archive:
     def __init__(self, records: Iterable[Record]) -> None:
         self.versions: dict[str, list[Record]] = {}
-        self.providers: dict[str, list[tuple[Record, Relation]]] = {}
+        self.providers: dict[str, list[Record]] = {}
         for record in records:
             self.versions.setdefault(record.package, []).append(record)
             for provided in record.provides:
-                self.providers.setdefault(provided.name, []).append((record, provided))
+                self.providers.setdefault(provided.name, []).append(record)
         for versions in self.versions.values():
             versions.sort(key=_NEWEST_FIRST)
 
     def family_targets(self, relation: Relation) -> set[str]:
         """The NVIDIA packages that could satisfy ``relation``, directly or by Provides."""
         names = {r.package for r in self.versions.get(relation.name, ()) if r.family}
-        names |= {r.package for r, _ in self.providers.get(relation.name, ()) if r.family}
+        names |= {r.package for r in self.providers.get(relation.name, ()) if r.family}
         return names
 
     def ours(self, relation: Relation) -> bool:
@@ -206,10 +206,6 @@ class _Archive:
         NVIDIA name nothing has (every record that mentions NVIDIA was read, so none exists)."""
         known = relation.name in self.versions or relation.name in self.providers
         return bool(self.family_targets(relation)) or ("nvidia" in relation.name and not known)
-
-    def satisfied(self, relation: Relation, pinned: dict[str, Record]) -> bool:
-        """Whether a pinned package satisfies ``relation``, by name or by Provides."""
-        return any(_provides(record, relation) for record in pinned.values())
 
     def upstreams(self, name: str) -> set[str]:
         return {upstream_version(r.version) for r in self.versions[name]}
@@ -222,6 +218,11 @@ def _provides(record: Record, relation: Relation) -> bool:
         return True
     return any(p.name == relation.name and _satisfies(p.version, relation.operator,
                                                       relation.version) for p in record.provides)
+
+
+def _held(relation: Relation, pinned: dict[str, Record]) -> bool:
+    """Whether a pinned package satisfies ``relation``."""
+    return any(_provides(record, relation) for record in pinned.values())
 
 
 def plan_pins(requested: list[str], records: Iterable[Record]) -> PinPlan:
@@ -249,12 +250,9 @@ def plan_pins(requested: list[str], records: Iterable[Record]) -> PinPlan:
                          archive.versions[name][0]) for name in requested}
     why = [f"{', '.join(followers)}: {driver_version} is the newest driver version all of "
            "them are offered at"]
-    if newer := sorted(set().union(*(archive.upstreams(n) for n in followers)) - shared,
-                       key=_UPSTREAM):
-        newer = [v for v in newer if _compare_part(v, driver_version) > 0]
-    if newer:
-        why.append(f"{', '.join(newer)} is not offered for every one of them, so it is held "
-                   "back")
+    newest = max(set().union(*(archive.upstreams(name) for name in followers)), key=_UPSTREAM)
+    if newest != driver_version:
+        why.append(f"{newest} is not offered for every one of them, so it is held back")
 
     # What apt would add to them from the family, group by group as its resolver does: nothing
     # for a group a pinned package already satisfies (the open module Provides the kernel
@@ -264,7 +262,7 @@ def plan_pins(requested: list[str], records: Iterable[Record]) -> PinPlan:
     while queue:
         record = queue.pop(0)
         for group in (*record.depends, *record.recommends):
-            if any(archive.satisfied(r, pinned) for r in group):
+            if any(_held(r, pinned) for r in group):
                 continue
             relation = group[0]
             fitting = [r for name in sorted(archive.family_targets(relation))
@@ -281,7 +279,7 @@ def plan_pins(requested: list[str], records: Iterable[Record]) -> PinPlan:
         for group in record.depends:
             if not all(archive.ours(r) for r in group):
                 continue  # an alternative outside the family (dkms, libc6): apt's own choice
-            if not any(archive.satisfied(r, pinned) for r in group):
+            if not any(_held(r, pinned) for r in group):
                 family = set().union(*(archive.family_targets(r) for r in group))
                 offered = ", ".join(f"{name} {r.version}" for name in sorted(family)
                                     for r in archive.versions[name]) or "nothing"
