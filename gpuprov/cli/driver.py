@@ -102,7 +102,7 @@ def pins(
 
     from gpuprov.errors import UsageError
     from gpuprov.plan import apt_pins, driver
-    from gpuprov.transport.apt_archive import COMPONENTS, PrivateApt
+    from gpuprov.transport.apt_archive import COMPONENTS, PrivateApt, redact
 
     data = driver.DriverData.load()
     found = driver.match(data, driver.DriverRequest(gpu=gpu, distro=distro, cuda=cuda,
@@ -123,12 +123,13 @@ def pins(
         plan = apt_pins.plan_pins(requested, apt_pins.parse_records(archive.records()))
     if as_json:
         print_json({"gpu": found.gpu, "distro": found.distro, "modules": found.modules,
-                    "packages": requested, "sources": sources, **plan.to_json()})
+                    "packages": requested, "sources": [redact(line) for line in sources],
+                    **plan.to_json()})
         return
     header = "\n".join([
         f"gpuprov driver pins: {found.gpu} ({found.name}) on {found.distro_name}, "
         f"{found.modules} modules: every NVIDIA package at driver {plan.driver_version}.",
-        "Planned from these apt sources:", *(f"  {line}" for line in sources)])
+        "Planned from these apt sources:", *(f"  {redact(line)}" for line in sources)])
     typer.echo(plan.preferences(header), nl=False)
     for reason in plan.why:
         typer.echo(f"# why: {reason}", err=True)

@@ -8,6 +8,7 @@ scripts/generate-nvidia-data.py.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from gpuprov.errors import EnvironmentProblem, HostUnreachable
 
 COMPONENTS = "main contrib non-free non-free-firmware"
+# user:password@ in a mirror's URL (apt's own way to log in to a private mirror).
+_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
 _APT_HELPER = "/usr/lib/apt/apt-helper"
 
 
@@ -61,7 +64,8 @@ class PrivateApt:
         failed = [line for line in result.stderr.splitlines()
                   if line.startswith(("E:", "W: Failed to fetch"))]
         if result.returncode != 0 or failed:
-            raise HostUnreachable(f"the archive could not be read: {_last_error(result)}",
+            said = redact(failed[0]) if failed else _last_error(result)
+            raise HostUnreachable(f"the archive could not be read: {said}",
                                   "check the mirror URLs and this machine's network")
 
     def records(self) -> str:
@@ -73,6 +77,11 @@ class PrivateApt:
         return "\n\n".join(texts)
 
 
+def redact(text: str) -> str:
+    """``text`` with the credentials of any URL in it replaced by ***."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
 def _last_error(result: subprocess.CompletedProcess) -> str:
     lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-    return lines[-1] if lines else f"exit {result.returncode}"
+    return redact(lines[-1]) if lines else f"exit {result.returncode}"

@@ -51,3 +51,19 @@ def test_other_distros_and_unknown_gpus_are_refused(run_gpuprov):
     unknown = run_gpuprov("driver", "pins", "--gpu", "10de:ffff", check=False)
     assert unknown.returncode == 3, unknown.stderr
     assert "Traceback" not in ubuntu.stderr + unknown.stderr
+
+
+def test_a_mirror_password_is_never_printed(run_gpuprov):
+    # apt logs in to a private mirror with user:password@ in its URL; deb.debian.org ignores
+    # the login, so the plan succeeds and its header names the mirror, without the password.
+    planned = run_gpuprov("driver", "pins", "--gpu", "10de:2330", "--mirror",
+                          "http://fleet:s3cret-token@deb.debian.org/debian")
+    assert "deb http://***@deb.debian.org/debian bookworm main" in planned.stdout
+    # Nothing listens on port 9: the run exits 4 and says what failed, again without it.
+    failed = run_gpuprov("driver", "pins", "--gpu", "10de:2330", "--mirror",
+                         "http://fleet:s3cret-token@127.0.0.1:9/debian", "--security-mirror", "",
+                         check=False)
+    assert failed.returncode == 4, failed.stderr
+    assert "the archive could not be read: W: Failed to fetch http://" in failed.stderr
+    for result in (planned, failed):
+        assert "s3cret-token" not in result.stdout + result.stderr
