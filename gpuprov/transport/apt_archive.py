@@ -49,8 +49,7 @@ class PrivateApt:
         return options
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        tool = "apt-get" if args[0] in ("update", "download", "install") or \
-            args[0].startswith("-") else "apt-cache"
+        tool = "apt-get" if args[0] in ("update", "download", "install") else "apt-cache"
         result = subprocess.run([tool, *self._options(), *args], cwd=self.work,
                                 capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                 check=False)

@@ -17,7 +17,7 @@ def _apt_installs(tmp_path, sources: list[str], preferences: str, packages: list
     apt = PrivateApt(tmp_path / "apt", sources)
     (apt.work / "preferences.d" / "gpuprov-nvidia").write_text(preferences)
     apt.update()
-    result = apt.run("-s", "install", *packages, check=False)
+    result = apt.run("install", "--simulate", *packages, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     return dict(re.findall(r"^Inst (\S+) \((\S+) ", result.stdout, re.MULTILINE))
 
