@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from gpuprov.cli.output import console, print_json
+from gpuprov.cli.output import console, print_json, progress
 
 app = typer.Typer(
     help="Match NVIDIA drivers to GPUs: the branch, the kernel modules and the packages.",
@@ -74,6 +75,29 @@ def match(
         console.print(f"  - {escape(reason)}", highlight=False)
 
 
+def _debian_match(gpu: str, cuda: str | None, distro: str, modules: str | None, verb: str):
+    """The matched driver and the Debian codename, for the commands that read Debian's archive."""
+    from gpuprov.errors import UsageError
+    from gpuprov.plan import driver
+
+    data = driver.DriverData.load()
+    found = driver.match(data, driver.DriverRequest(gpu=gpu, distro=distro, cuda=cuda,
+                                                    modules=modules))
+    info = data.distros[found.distro]
+    if info["family"] != "debian":
+        raise UsageError(f"{verb} plans from Debian's archive; {found.distro_name} is not "
+                         "Debian", "use --distro debian12 or debian13")
+    return found, info["codename"]
+
+
+MirrorOption = Annotated[str, typer.Option("--mirror", help="The Debian mirror the host uses.")]
+SecurityMirrorOption = Annotated[str, typer.Option(
+    "--security-mirror", help="Its security mirror; '' for none.")]
+DebianOption = Annotated[str, typer.Option("--distro", help="debian12 or debian13.")]
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+
+
 @app.command(epilog=(
     "Exit codes: 0 planned; 2 bad input, or the archive's NVIDIA packages do not fit together "
     "at any version; 3 the GPU id is unknown; 4 the archive could not be read; 1 this machine "
@@ -82,15 +106,12 @@ def match(
 def pins(
     gpu: GpuOption,
     cuda: CudaOption = None,
-    distro: Annotated[str, typer.Option("--distro", help="debian12 or debian13.")] = "debian12",
+    distro: DebianOption = "debian12",
     modules: ModulesOption = None,
     headless: Annotated[bool, typer.Option(
         "--headless", help="The compute-only set (no X, no OpenGL).")] = False,
-    mirror: Annotated[str, typer.Option(
-        "--mirror", help="The Debian mirror the host uses.")] = "http://deb.debian.org/debian",
-    security_mirror: Annotated[str, typer.Option(
-        "--security-mirror", help="Its security mirror; '' for none.",
-    )] = "http://deb.debian.org/debian-security",
+    mirror: MirrorOption = DEBIAN_MIRROR,
+    security_mirror: SecurityMirrorOption = DEBIAN_SECURITY_MIRROR,
     as_json: JsonOption = False,
 ) -> None:
     """The apt preferences file that pins the matched driver, and every NVIDIA package it
@@ -98,29 +119,15 @@ def pins(
     -updates and -security suites, read with apt in a private directory). Changes nothing;
     the file goes to /etc/apt/preferences.d/ on the host."""
     import tempfile
-    from pathlib import Path
 
-    from gpuprov.errors import UsageError
-    from gpuprov.plan import apt_pins, driver
-    from gpuprov.transport.apt_archive import COMPONENTS, PrivateApt, redact
+    from gpuprov import drivers
+    from gpuprov.transport.apt_archive import redact
 
-    data = driver.DriverData.load()
-    found = driver.match(data, driver.DriverRequest(gpu=gpu, distro=distro, cuda=cuda,
-                                                    modules=modules))
-    info = data.distros[found.distro]
-    if info["family"] != "debian":
-        raise UsageError(f"driver pins plans from Debian's archive; {found.distro_name} is not "
-                         "Debian", "use --distro debian12 or debian13")
-    codename = info["codename"]
-    sources = [f"deb {mirror} {codename} {COMPONENTS}",
-               f"deb {mirror} {codename}-updates {COMPONENTS}"]
-    if security_mirror:
-        sources.append(f"deb {security_mirror} {codename}-security {COMPONENTS}")
+    found, codename = _debian_match(gpu, cuda, distro, modules, "driver pins")
+    sources = drivers.debian_sources(mirror, security_mirror, codename)
     requested = found.headless if headless else found.packages
     with tempfile.TemporaryDirectory(prefix="gpuprov-apt-") as scratch:
-        archive = PrivateApt(Path(scratch), sources)
-        archive.update()
-        plan = apt_pins.plan_pins(requested, apt_pins.parse_records(archive.records()))
+        plan = drivers.plan_pins(drivers.read_archive(sources, Path(scratch)), requested)
     if as_json:
         print_json({"gpu": found.gpu, "distro": found.distro, "modules": found.modules,
                     "packages": requested, "sources": [redact(line) for line in sources],
@@ -133,3 +140,80 @@ def pins(
     typer.echo(plan.preferences(header), nl=False)
     for reason in plan.why:
         typer.echo(f"# why: {reason}", err=True)
+
+
+@app.command(epilog=(
+    "Exit codes: 0 built, or found in the cache; 2 bad input (the kernel, the distro, half a key "
+    "pair), or the archive's NVIDIA packages do not fit together; 3 the GPU id is unknown, or "
+    "the archive has no headers for that kernel; 4 the archive could not be read; 1 the build "
+    "failed (the message names its log), or this machine lacks root or debootstrap."
+))
+def build(
+    gpu: GpuOption,
+    kernel: Annotated[str, typer.Option(
+        "--kernel", help="The nodes' kernel, as `uname -r` prints it (6.1.0-50-amd64).",
+        show_default=False)],
+    cuda: CudaOption = None,
+    distro: DebianOption = "debian12",
+    modules: ModulesOption = None,
+    mok_key: Annotated[Path | None, typer.Option(
+        "--mok-key", help="The fleet's Secure Boot signing key (read, never copied out).",
+        show_default=False)] = None,
+    mok_cert: Annotated[Path | None, typer.Option(
+        "--mok-cert", help="Its certificate, as enrolled with mokutil.",
+        show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Also copy the tarball into this directory.", show_default=False)] = None,
+    mirror: MirrorOption = DEBIAN_MIRROR,
+    security_mirror: SecurityMirrorOption = DEBIAN_SECURITY_MIRROR,
+    as_json: JsonOption = False,
+) -> None:
+    """Build the matched driver's kernel module once, for a fleet, in a chroot of the target
+    distro: a DKMS binaries-only tarball that nodes install with `dkms ldtarball` and `dkms
+    install` in a second, instead of compiling it each. Its package is pinned with the rest of
+    the driver (as `driver pins --headless` plans), and it is signed with the fleet's MOK key
+    when one is given. Kept in the cache (~/.cache/gpuprov/driver-build) by everything that
+    shapes it, so a second build of the same is instant. Needs root; changes nothing outside
+    its cache."""
+    import shutil
+    import tempfile
+
+    from gpuprov import drivers
+    from gpuprov.lab.image import default_cache_dir
+    from gpuprov.plan import driver_build
+    from gpuprov.transport.apt_archive import redact
+
+    mok = drivers.MokPair.from_options(mok_key, mok_cert)
+    found, codename = _debian_match(gpu, cuda, distro, modules, "driver build")
+    driver_build.check_kernel(kernel)  # before any download
+    sources = drivers.debian_sources(mirror, security_mirror, codename)
+    with tempfile.TemporaryDirectory(prefix="gpuprov-apt-") as scratch:
+        archive = drivers.read_archive(sources, Path(scratch))
+        drivers.require_headers(archive, kernel)
+        plan = driver_build.plan_module_build(
+            found.headless, drivers.plan_pins(archive, found.headless), codename, kernel,
+            mok.cert_sha256() if mok else None)
+    with progress() as report:
+        builder = drivers.ModuleBuilder(default_cache_dir(), mirror,
+                                        lambda message: report("driver build", message))
+        built = builder.build(plan, sources, mok)
+    copy = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        copy = Path(shutil.copy(built.tarball, out))
+    if as_json:
+        print_json({**plan.to_json(), "gpu": found.gpu, "modules": found.modules,
+                    "packages": found.headless,
+                    "dkms_name": built.dkms_name, "kernel_modules": built.modules,
+                    "tarball": str(built.tarball), "copy": str(copy) if copy else None,
+                    "cached": built.cached, "pins": plan.pins.pins,
+                    "sources": [redact(line) for line in sources]})
+        return
+    state = "found in the cache" if built.cached else "built"
+    console.print(f"{escape(plan.package)} {escape(plan.version)} for {escape(kernel)}: {state}, "
+                  f"{'signed' if built.signed else 'unsigned'} ({', '.join(built.modules)})",
+                  highlight=False)
+    console.print(f"tarball: {escape(str(copy or built.tarball))}", highlight=False)
+    console.print(f"install on a node: dkms ldtarball {escape((copy or built.tarball).name)} && "
+                  f"dkms install -m {escape(built.dkms_name)} -v {plan.driver_version} "
+                  f"-k {escape(kernel)}", highlight=False)

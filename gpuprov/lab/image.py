@@ -13,14 +13,13 @@ Hosts boot from qcow2 overlays on these images, so an image is never written onc
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import re
 import shutil
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -28,6 +27,8 @@ import jinja2
 
 from gpuprov.errors import EnvironmentProblem, LabFailure
 from gpuprov.lab.spec import GIB, MIB, disk_layout, recipe_hash
+from gpuprov.transport.chroot import BuildLog, remove_tree
+from gpuprov.transport.chroot import chroot as in_chroot
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -55,14 +56,6 @@ GRUB_MODULES = (
     "part_gpt", "fat", "ext2", "normal", "configfile", "search", "search_fs_uuid", "linux",
     "gzio", "echo", "test", "serial", "terminal", "all_video", "efi_gop", "reboot", "halt",
 )
-_CHROOT_ENV = {
-    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-    "DEBIAN_FRONTEND": "noninteractive",
-    "LANG": "C.UTF-8",
-    # bootctl and kernel-install refuse an ESP that is not a mounted vfat file system; at build
-    # time it is a directory that is copied into the FAT image afterwards.
-    "SYSTEMD_RELAX_ESP_CHECKS": "1",
-}
 
 Report = Callable[[str], None]
 
@@ -110,6 +103,10 @@ class ImageCache:
         self.mirror = mirror or os.environ.get("GPUPROV_DEBIAN_MIRROR", DEFAULT_MIRROR)
         self.hash = recipe_hash(recipe())
         self.log = self.root / "build.log"
+        self._build_log = BuildLog(
+            self.log, LabFailure, "image build",
+            "run scripts/setup.sh (it installs debootstrap, mtools, dosfstools, gdisk, e2fsprogs)")
+        self._run = self._build_log.run
 
     def image(self, boot: str) -> Path:
         return self.root / f"{SUITE}-{boot}-{self.hash}.raw"
@@ -148,7 +145,7 @@ class ImageCache:
 
     def _build_rootfs(self, report: Report) -> None:
         work = self._rootfs.with_name(self._rootfs.name + ".partial")
-        self._remove_tree(work)
+        remove_tree(work)
         report(f"debootstrap {SUITE} from {self.mirror} (about 2 minutes, once)")
         self._run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
                    SUITE, str(work), self.mirror])
@@ -172,7 +169,7 @@ class ImageCache:
                  "# gpuprov lab: small, fast initrds.\nMODULES=dep\nCOMPRESS=zstd\n")
         with open(work / "etc/initramfs-tools/modules", "a") as modules:
             modules.write("virtio_pci\nvirtio_blk\next4\n")
-        with self._chroot(work) as chroot:
+        with in_chroot(work, self._build_log) as chroot:
             chroot(["systemctl", "enable", "systemd-networkd", "gpuprov-lab-firstboot.service"])
             every_loader = sorted({p for pkgs in BOOTLOADER_PACKAGES.values() for p in pkgs})
             chroot(["apt-get", "install", "--download-only", "--yes", "--no-install-recommends",
@@ -196,7 +193,7 @@ class ImageCache:
     def _build_disk(self, boot: str, report: Report) -> None:
         image = self.image(boot)
         work = image.with_name(image.name + ".partial")
-        self._remove_tree(work)
+        remove_tree(work)
         work.mkdir(parents=True)
         root = work / "root"
         report(f"{boot} image: copying the root file system")
@@ -216,7 +213,7 @@ class ImageCache:
         esp_mount.mkdir(exist_ok=True)
         self._run(["mount", "-t", "tmpfs", "-o", f"size={ESP_SIZE}", "gpuprov-esp", str(esp_mount)])
         try:
-            with self._chroot(root) as chroot:
+            with in_chroot(root, self._build_log) as chroot:
                 chroot(["apt-get", "install", "--no-download", "--yes", "--no-install-recommends",
                         *BOOTLOADER_PACKAGES[boot]])
                 if boot == "grub":
@@ -230,7 +227,7 @@ class ImageCache:
         report(f"{boot} image: writing the disk")
         self._assemble(work, root, esp_tree, esp_id, root_uuid)
         (work / "disk.raw").rename(image)
-        self._remove_tree(work)
+        remove_tree(work)
 
     def _setup_grub(self, root: Path, chroot, root_uuid: str, kver: str) -> None:
         defaults = root / "etc/default/grub"
@@ -282,51 +279,11 @@ class ImageCache:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _chroot(self, root: Path) -> Iterator[Callable[[list[str]], None]]:
-        """Run commands inside ``root`` with /proc mounted and services kept from starting."""
-        policy = root / "usr/sbin/policy-rc.d"
-        _install(policy, "#!/bin/sh\n# gpuprov image build: start no services.\nexit 101\n", 0o755)
-        proc = root / "proc"
-        self._run(["mount", "-t", "proc", "proc", str(proc)])
-        try:
-            yield lambda argv: self._run(["chroot", str(root), *argv], env=_CHROOT_ENV)
-        finally:
-            subprocess.run(["umount", "--lazy", str(proc)], check=False)
-            policy.unlink(missing_ok=True)
-
-    def _run(self, argv: list[str], env: dict | None = None) -> None:
-        with open(self.log, "a") as log:
-            log.write(f"\n$ {' '.join(argv)}\n")
-            log.flush()
-            try:
-                result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        stdin=subprocess.DEVNULL, check=False)
-            except FileNotFoundError as missing:
-                raise EnvironmentProblem(
-                    f"the image build needs {argv[0]!r}, which is not installed",
-                    "run scripts/setup.sh (it installs debootstrap, mtools, dosfstools, gdisk, "
-                    "e2fsprogs)",
-                ) from missing
-        if result.returncode != 0:
-            raise LabFailure(
-                f"image build step failed (exit {result.returncode}): {' '.join(argv[:3])} ...",
-                f"see the build log: {self.log}",
-            )
-
-    def _remove_tree(self, path: Path) -> None:
-        if not path.exists():
-            return
-        # Never follow a leftover /proc mount into the build machine's own /proc.
-        subprocess.run(["umount", "--lazy", str(path / "proc")], check=False,
-                       stderr=subprocess.DEVNULL)
-        shutil.rmtree(path)
-
     def _prune(self) -> None:
         """Drop root file systems of older recipes (older disk images may still back hosts)."""
         for old in self.root.glob("rootfs-*"):
             if old != self._rootfs:
-                self._remove_tree(old)
+                remove_tree(old)
 
 
 def _install(path: Path, text: str, mode: int = 0o644) -> None:
