@@ -133,6 +133,10 @@ class ModuleBuilder:
             if not _try_lock(lock):
                 self.report("waiting for another module build to finish")
                 fcntl.flock(lock, fcntl.LOCK_EX)
+            # A build that was killed leaves its chroot, and with it a copy of the fleet's key:
+            # under the lock no other build uses one, so every leftover goes now.
+            for leftover in self.root.glob("work-*"):
+                remove_tree(leftover)
             target = self.tarball(build)
             if target.exists():
                 return _check_tarball(target, build, cached=True)

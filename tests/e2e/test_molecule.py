@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.vm
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("intel-grub", "amd-systemd-boot")
+HOST_SETUP_SCENARIOS = ("intel-grub", "amd-systemd-boot")
 
 
 # The iommu and vfio roles through playbooks/host_setup.yml on lab hosts made by the delegated
@@ -22,11 +22,22 @@ SCENARIOS = ("intel-grub", "amd-systemd-boot")
 # Both scenarios run at once, each on its own lab host in the one lab: a host under emulation
 # keeps about one core busy, and these machines have two, so side by side they take little
 # more than one of them alone.
-def test_molecule_scenarios(lab_root, tmp_path):
+def test_host_setup_scenarios(lab_root, tmp_path):
+    _run_scenarios(HOST_SETUP_SCENARIOS, lab_root, tmp_path)
+
+
+# The nvidia_driver role through playbooks/nvidia_driver.yml: Debian's real NVIDIA packages,
+# pinned and held, a module from `gpuprov driver build` (compiled natively, on this machine),
+# the pins checked through upgrade and full-upgrade, and an idempotence pass.
+def test_nvidia_driver_scenario(lab_root, tmp_path):
+    _run_scenarios(("debian-nvidia-driver",), lab_root, tmp_path)
+
+
+def _run_scenarios(scenarios, lab_root, tmp_path):
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "GPUPROV_LAB_DIR": str(lab_root),
            "PATH": f"{bin_dir}:{os.environ['PATH']}", "ANSIBLE_FORCE_COLOR": "0"}
-    logs = {scenario: tmp_path / f"{scenario}.log" for scenario in SCENARIOS}
+    logs = {scenario: tmp_path / f"{scenario}.log" for scenario in scenarios}
     running = {}
     try:
         for scenario, log in logs.items():

@@ -1,0 +1,120 @@
+"""What the nvidia_driver role reads from files/nvidia-driver-state.sh's output: the module, the
+packages, the cards, and what is still wrong. Pure functions; they import nothing from Ansible
+or gpuprov, so the role, gpuprov and the tests all load this file.
+"""
+
+from __future__ import annotations
+
+import re
+
+# "nvidia-current-open/535.261.03, 6.1.0-50-amd64, x86_64: installed" (dkms 3), or with commas
+# only (dkms 2).
+_DKMS_LINE = re.compile(r"^(?P<name>[^,/\s]+)(?:/|, )(?P<version>[^,:\s]+), (?P<kernel>[^,\s]+), "
+                        r"[^:\s]+: (?P<state>built|installed)(?![\w-])")
+_NO_DRIVER = "couldn't communicate with the NVIDIA driver"
+
+
+def nvidia_driver_sections(text: str) -> dict[str, list[str]]:
+    """The script's "== name" sections, each as its non-empty lines."""
+    sections: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for line in (text or "").splitlines():
+        if line.startswith("== "):
+            lines = sections.setdefault(line[3:].strip(), [])
+        elif line.strip():
+            lines.append(line.strip())
+    return sections
+
+
+def nvidia_driver_state(text: str, version: str, kernel: str, pins: dict, packages: list,
+                        hold_kernel_packages: list | None = None) -> dict:
+    """The driver's state on a host, and each thing still wrong as a sentence that says what
+    to do. ``pins``: package -> exact version; ``packages``: the ones asked for."""
+    sections = nvidia_driver_sections(text)
+    module_state = "missing"
+    for line in sections.get("dkms", []):
+        match = _DKMS_LINE.match(line)
+        if match and match["version"] == version and match["kernel"] == kernel:
+            module_state = match["state"]
+    installed = {}
+    for line in sections.get("packages", []):
+        fields = line.split()
+        if len(fields) == 3 and fields[2] in ("ii", "hi"):
+            installed[fields[0]] = fields[1]
+    holds = set(sections.get("holds", []))
+    cards = []
+    for line in sections.get("cards", []):
+        address, device, *driver = line.split()
+        cards.append({"address": address, "device": device, "driver": driver[0] if driver else ""})
+    loaded = (sections.get("loaded") or [""])[0] or None
+    secure_boot = {"1": True, "0": False}.get((sections.get("secure-boot") or [""])[0])
+    signer = " ".join(sections.get("signer", [])) if module_state != "missing" else ""
+    smi = _nvidia_smi(sections.get("nvidia-smi"))
+
+    problems = []
+    missing = [p for p in packages if p not in installed]
+    if missing:
+        problems.append(f"not installed: {' '.join(missing)}")
+    off_pin = sorted(p for p, v in pins.items() if p in installed and installed[p] != v)
+    if off_pin:
+        problems.append("not at their pinned versions: " + ", ".join(
+            f"{p} {installed[p]} (pinned {pins[p]})" for p in off_pin))
+    unheld = sorted((set(pins) | set(hold_kernel_packages or [])) & set(installed) - holds)
+    if unheld:
+        problems.append(f"not held (apt-mark hold them): {' '.join(unheld)}")
+    if module_state != "installed":
+        problems.append(f"DKMS has no {version} module installed for the running kernel "
+                        f"{kernel} ({module_state}): install linux-headers-{kernel} and run "
+                        f"dkms autoinstall -k {kernel}, or give a prebuilt module for it")
+    if sections.get("no-autoinstall"):
+        problems.append("/etc/dkms/no-autoinstall is left over, so DKMS builds nothing for new "
+                        "kernels: remove it")
+    if not sections.get("nouveau-blacklist"):
+        problems.append("modprobe has no 'blacklist nouveau': nouveau may claim the card")
+    bound = [c["address"] for c in cards if c["driver"] == "nouveau"]
+    reboot_because = []
+    if bound:
+        reboot_because.append(f"nouveau drives {', '.join(bound)}")
+    if loaded and loaded != version:
+        reboot_because.append(f"NVIDIA module {loaded} is loaded, not {version}")
+    if secure_boot and module_state == "installed" and not signer:
+        problems.append("Secure Boot is on and the module is unsigned: the kernel will not "
+                        "load it. Build it signed (gpuprov driver build --mok-key, --mok-cert) "
+                        "and enroll the certificate (mokutil --import, then MokManager at boot)")
+
+    if not cards:
+        gpu = ("no NVIDIA GPU on this host, so nothing loads the module: nvidia-smi says it "
+               f"{_NO_DRIVER} (exit 9), as it does without one")
+        if smi is not None and not (smi["exit"] == 9 and _NO_DRIVER in smi["output"]):
+            problems.append(f"nvidia-smi, with no NVIDIA GPU here, exited {smi['exit']}: "
+                            f"{smi['output'][:300]}")
+    elif reboot_because:
+        gpu = f"{len(cards)} NVIDIA GPU(s); a reboot is needed: {'; '.join(reboot_because)}"
+    elif smi is None or smi["exit"] != 0:
+        gpu = f"{len(cards)} NVIDIA GPU(s), but nvidia-smi does not answer"
+        problems.append("nvidia-smi failed: " + (smi["output"][:300] if smi else "not installed"))
+    elif set(smi["versions"]) != {version}:
+        gpu = f"{len(cards)} NVIDIA GPU(s) on driver {', '.join(sorted(set(smi['versions'])))}"
+        problems.append(f"nvidia-smi reports driver {', '.join(smi['versions'])}, not {version}")
+    else:
+        gpu = f"{len(cards)} NVIDIA GPU(s) on driver {version}"
+    return {
+        "module": module_state, "installed": installed, "cards": cards, "loaded": loaded,
+        "secure_boot": secure_boot, "signer": signer, "nvidia_smi": smi, "gpu": gpu,
+        "reboot_because": reboot_because, "problems": problems,
+    }
+
+
+def _nvidia_smi(lines: list[str] | None) -> dict | None:
+    if not lines:
+        return None
+    exit_lines = [line for line in lines if re.fullmatch(r"exit \d+", line)]
+    code = int(exit_lines[-1].split()[1]) if exit_lines else -1
+    output = [line for line in lines if line not in exit_lines]
+    versions = [line for line in output if re.fullmatch(r"\d+(\.\d+)+", line)]
+    return {"exit": code, "versions": versions, "output": " ".join(output)}
+
+
+class FilterModule:
+    def filters(self):
+        return {"nvidia_driver_state": nvidia_driver_state}
