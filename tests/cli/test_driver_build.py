@@ -2,7 +2,11 @@
 nvidia-open-kernel-dkms compiled by DKMS for the archive's current kernel, signed with a fleet
 key made here, packed by `dkms mktarball --binaries-only`. openssl, not gpuprov, then checks
 every module's signature against the fleet's certificate. Needs root and deb.debian.org, as the
-lab image does; about 2.5 minutes on two cores (debootstrap 40 s, packages 60 s, compile)."""
+lab image does; about 2.5 minutes on two cores (debootstrap 40 s, packages 60 s, compile).
+
+The build uses the machine's cache, as `driver build` does: its base chroot (a debootstrap, kept
+per distro and mirror) may already be there. The module is always built: each run signs with
+a new key, and the cache names a tarball by its certificate. The test removes its tarball."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import re
 import struct
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -57,14 +62,22 @@ def _signature_verifies(module: bytes, cert_pem, scratch) -> bool:
     return result.returncode == 0
 
 
+@pytest.fixture
+def built_tarballs():
+    made = []
+    yield made
+    for path in made:
+        Path(path).unlink(missing_ok=True)
+
+
 def test_a_signed_module_is_built_for_the_kernel_and_then_cached(run_gpuprov, tmp_path,
-                                                                  current_kernel, fleet_key):
-    cache = tmp_path / "cache"
+                                                                  current_kernel, fleet_key,
+                                                                  built_tarballs):
     argv = ("driver", "build", "--gpu", "10de:2330", "--modules", "open", "--kernel",
             current_kernel, "--mok-key", str(fleet_key / "mok.key"), "--mok-cert",
             str(fleet_key / "mok.der"), "--json")
-    env = {"GPUPROV_CACHE_DIR": str(cache)}
-    built = json.loads(run_gpuprov(*argv, env=env, timeout=1500).stdout)
+    built = json.loads(run_gpuprov(*argv, timeout=1500).stdout)
+    built_tarballs.append(built["tarball"])
     assert built["cached"] is False and built["signed"] is True
     assert built["package"] == "nvidia-open-kernel-dkms"
     assert built["version"] == built["pins"]["nvidia-open-kernel-dkms"]
@@ -84,9 +97,9 @@ def test_a_signed_module_is_built_for_the_kernel_and_then_cached(run_gpuprov, tm
         key = (fleet_key / "mok.key").read_bytes()
         assert not any(key.split(b"\n")[1] in tar.extractfile(m).read()
                        for m in tar.getmembers() if m.isfile())
-    assert not list((cache / "driver-build").glob("work-*")), "the build chroot was left"
+    assert not list(Path(built["tarball"]).parent.glob("work-*")), "the build chroot was left"
 
-    again = run_gpuprov(*argv[:-1], "--out", str(tmp_path / "out"), env=env, timeout=300)
+    again = run_gpuprov(*argv[:-1], "--out", str(tmp_path / "out"), timeout=300)
     assert "found in the cache, signed" in again.stdout
     assert (tmp_path / "out" / built["tarball"].rsplit("/", 1)[1]).is_file()
     assert "dkms ldtarball" in again.stdout
