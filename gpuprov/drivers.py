@@ -30,7 +30,7 @@ from pathlib import Path
 
 from gpuprov.errors import EnvironmentProblem, GpuprovError, NotFoundError, UsageError
 from gpuprov.plan import apt_pins, driver_build
-from gpuprov.transport.apt_archive import COMPONENTS, PrivateApt
+from gpuprov.transport.apt_archive import COMPONENTS, PrivateApt, redact
 from gpuprov.transport.chroot import BuildLog, chroot, remove_tree
 
 # What every build needs besides the kernel's headers: DKMS (which pulls in the compiler,
@@ -157,8 +157,8 @@ class ModuleBuilder:
         if not base.exists():
             partial = base.with_name(base.name + ".partial")
             remove_tree(partial)
-            self.report(f"debootstrap {codename} with DKMS from {self.mirror} (about 2 "
-                        "minutes, once)")
+            self.report(f"debootstrap {codename} with DKMS from {redact(self.mirror)} (about "
+                        "2 minutes, once)")
             self._log.run(["debootstrap", "--variant=minbase",
                            f"--include={','.join(BASE_PACKAGES)}", codename, str(partial),
                            self.mirror])

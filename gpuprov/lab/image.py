@@ -27,6 +27,7 @@ import jinja2
 
 from gpuprov.errors import EnvironmentProblem, LabFailure
 from gpuprov.lab.spec import GIB, MIB, disk_layout, recipe_hash
+from gpuprov.transport.apt_archive import redact
 from gpuprov.transport.chroot import BuildLog, remove_tree
 from gpuprov.transport.chroot import chroot as in_chroot
 
@@ -146,7 +147,7 @@ class ImageCache:
     def _build_rootfs(self, report: Report) -> None:
         work = self._rootfs.with_name(self._rootfs.name + ".partial")
         remove_tree(work)
-        report(f"debootstrap {SUITE} from {self.mirror} (about 2 minutes, once)")
+        report(f"debootstrap {SUITE} from {redact(self.mirror)} (about 2 minutes, once)")
         self._run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
                    SUITE, str(work), self.mirror])
         report("configuring the root file system")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gpuprov.errors import EnvironmentProblem
+from gpuprov.transport.apt_archive import redact
 
 CHROOT_ENV = {
     "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -29,7 +30,9 @@ Run = Callable[..., None]
 
 class BuildLog:
     """Runs commands with their output appended to ``path``; a failure raises ``failure``
-    (the caller's error type) naming the command and the log."""
+    (the caller's error type) naming the command and the log. A mirror's user:password (in
+    an argument, or in what a tool prints, such as debootstrap's failed URL) never reaches
+    the log or the error."""
 
     def __init__(self, path: Path, failure: type[Exception], what: str, missing_hint: str):
         self.path = path
@@ -39,17 +42,20 @@ class BuildLog:
 
     def run(self, argv: list[str], env: dict | None = None) -> None:
         with open(self.path, "a") as log:
-            log.write(f"\n$ {' '.join(argv)}\n")
+            log.write(f"\n$ {redact(' '.join(argv))}\n")
             log.flush()
             try:
-                result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        stdin=subprocess.DEVNULL, check=False)
+                result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        env=env, stdin=subprocess.DEVNULL, check=False,
+                                        text=True, errors="replace")
             except FileNotFoundError as missing:
                 raise EnvironmentProblem(f"the {self._what} needs {argv[0]!r}, which is not "
                                          "installed", self._missing_hint) from missing
+            log.write(redact(result.stdout))
         if result.returncode != 0:
             raise self._failure(
-                f"{self._what} step failed (exit {result.returncode}): {' '.join(argv[:3])} ...",
+                f"{self._what} step failed (exit {result.returncode}): "
+                f"{redact(' '.join(argv[:3]))} ...",
                 f"see the build log: {self.path}",
             )
 
