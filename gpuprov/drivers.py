@@ -15,7 +15,6 @@ The build, step by step (its log is ``<cache>/driver-build/build.log``):
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import lzma
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpuprov.errors import EnvironmentProblem, GpuprovError, NotFoundError, UsageError
+from gpuprov.lab.locking import exclusive
 from gpuprov.plan import apt_pins, driver_build
 from gpuprov.transport.apt_archive import COMPONENTS, PrivateApt, redact
 from gpuprov.transport.chroot import BuildLog, chroot, remove_tree
@@ -128,11 +128,8 @@ class ModuleBuilder:
         if os.geteuid() != 0:
             raise EnvironmentProblem("building a module needs root (debootstrap, chroot, mount)",
                                      "run it as root, for example with sudo")
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            if not _try_lock(lock):
-                self.report("waiting for another module build to finish")
-                fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive(self.root, lambda: self.report("waiting for another module build to "
+                                                      "finish")):
             # A build that was killed leaves its chroot, and with it a copy of the fleet's key:
             # under the lock no other build uses one, so every leftover goes now.
             for leftover in self.root.glob("work-*"):
@@ -196,14 +193,6 @@ class ModuleBuilder:
             run(["dkms", "build", "-m", name, "-v", build.driver_version, "-k", build.kernel])
             run(["dkms", "mktarball", "-m", name, "-v", build.driver_version,
                  "-k", build.kernel, "--binaries-only"])
-
-
-def _try_lock(lock) -> bool:
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _dkms_status(work: Path, run) -> list[driver_build.DkmsModule]:

@@ -13,7 +13,6 @@ Hosts boot from qcow2 overlays on these images, so an image is never written onc
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 import jinja2
 
 from gpuprov.errors import EnvironmentProblem, LabFailure
+from gpuprov.lab.locking import exclusive
 from gpuprov.lab.spec import GIB, MIB, disk_layout, recipe_hash
 from gpuprov.transport.apt_archive import redact
 from gpuprov.transport.chroot import BuildLog, remove_tree
@@ -128,13 +128,7 @@ class ImageCache:
                 "building the lab image needs root (debootstrap, chroot, mount)",
                 "run this once as root (for example with sudo); later runs use the cached image",
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                report("waiting for another image build to finish")
-                fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive(self.root, lambda: report("waiting for another image build to finish")):
             for boot in self.missing(boots):
                 if not self._rootfs.exists():
                     self._build_rootfs(report)

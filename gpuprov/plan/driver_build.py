@@ -13,6 +13,10 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
+from gpuprov.ansible.roles.nvidia_driver.filter_plugins.nvidia_driver import (  # noqa: F401
+    DkmsModule,
+    parse_dkms_status,
+)
 from gpuprov.errors import UsageError
 from gpuprov.plan.apt_pins import PinPlan, upstream_version
 
@@ -95,37 +99,6 @@ def signing_conf(signing: bool) -> str:
     return (f"{header}sign with the fleet's MOK key pair.\n"
             f'mok_signing_key="{CHROOT_MOK_DIR}/mok.key"\n'
             f'mok_certificate="{CHROOT_MOK_DIR}/mok.pub"\n')
-
-
-@dataclass(frozen=True)
-class DkmsModule:
-    """One line of ``dkms status``."""
-
-    name: str  # nvidia-current-open
-    version: str  # 535.261.03
-    kernel: str | None  # None for a module only added
-    arch: str | None
-    state: str  # added, built, installed or installed-weak
-    note: str = ""  # what DKMS adds after it: "(WARNING! ...)", "from KERNEL"
-
-
-# dkms 3 (do_status): "nvidia-current/535.261.03: added", "nvidia-current/535.261.03,
-# 6.1.0-50-amd64, x86_64: installed (WARNING! Diff between built and installed module!)", and
-# "nvidia-current, 535.261.03, 6.1.0-50-amd64, x86_64: installed-weak from 6.1.0-49-amd64";
-# dkms 2 wrote "name, version, kernel, arch: state" for all of them.
-_STATUS = re.compile(r"^(?P<name>[^,/\s]+)(?:/|, )(?P<version>[^,:\s]+)"
-                     r"(?:, (?P<kernel>[^,\s]+), (?P<arch>[^:\s]+))?"
-                     r": (?P<state>added|built|installed-weak|installed)(?![\w-])\s*(?P<note>.*)$")
-
-
-def parse_dkms_status(text: str) -> list[DkmsModule]:
-    """Every module ``dkms status`` lists; lines it does not recognise are not modules."""
-    found = []
-    for line in text.splitlines():
-        if match := _STATUS.match(line.strip()):
-            found.append(DkmsModule(match["name"], match["version"], match["kernel"],
-                                    match["arch"], match["state"], match["note"].strip()))
-    return found
 
 
 def dkms_module_name(status: list[DkmsModule], build: ModuleBuild) -> str:

@@ -1,17 +1,46 @@
 """What the nvidia_driver role reads from files/nvidia-driver-state.sh's output: the module, the
 packages, the cards, and what is still wrong. Pure functions; they import nothing from Ansible
-or gpuprov, so the role, gpuprov and the tests all load this file.
+or gpuprov, so the role, gpuprov and the tests all load this file. ``gpuprov driver build``
+reads DKMS with the same parser (gpuprov/plan/driver_build.py imports it).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-# "nvidia-current-open/535.261.03, 6.1.0-50-amd64, x86_64: installed" (dkms 3), or with commas
-# only (dkms 2).
-_DKMS_LINE = re.compile(r"^(?P<name>[^,/\s]+)(?:/|, )(?P<version>[^,:\s]+), (?P<kernel>[^,\s]+), "
-                        r"[^:\s]+: (?P<state>built|installed)(?![\w-])")
 _NO_DRIVER = "couldn't communicate with the NVIDIA driver"
+
+
+@dataclass(frozen=True)
+class DkmsModule:
+    """One line of ``dkms status``."""
+
+    name: str  # nvidia-current-open
+    version: str  # 535.261.03
+    kernel: str | None  # None for a module only added
+    arch: str | None
+    state: str  # added, built, installed or installed-weak
+    note: str = ""  # what DKMS adds after it: "(WARNING! ...)", "from KERNEL"
+
+
+# dkms 3 (do_status): "nvidia-current/535.261.03: added", "nvidia-current/535.261.03,
+# 6.1.0-50-amd64, x86_64: installed (WARNING! Diff between built and installed module!)", and
+# "nvidia-current, 535.261.03, 6.1.0-50-amd64, x86_64: installed-weak from 6.1.0-49-amd64";
+# dkms 2 wrote "name, version, kernel, arch: state" for all of them.
+_STATUS = re.compile(r"^(?P<name>[^,/\s]+)(?:/|, )(?P<version>[^,:\s]+)"
+                     r"(?:, (?P<kernel>[^,\s]+), (?P<arch>[^:\s]+))?"
+                     r": (?P<state>added|built|installed-weak|installed)(?![\w-])\s*(?P<note>.*)$")
+
+
+def parse_dkms_status(text: str) -> list[DkmsModule]:
+    """Every module ``dkms status`` lists; lines it does not recognise are not modules."""
+    found = []
+    for line in text.splitlines():
+        if match := _STATUS.match(line.strip()):
+            found.append(DkmsModule(match["name"], match["version"], match["kernel"],
+                                    match["arch"], match["state"], match["note"].strip()))
+    return found
 
 
 def nvidia_driver_sections(text: str) -> dict[str, list[str]]:
@@ -32,10 +61,10 @@ def nvidia_driver_state(text: str, version: str, kernel: str, pins: dict, packag
     to do. ``pins``: package -> exact version; ``packages``: the ones asked for."""
     sections = nvidia_driver_sections(text)
     module_state = "missing"
-    for line in sections.get("dkms", []):
-        match = _DKMS_LINE.match(line)
-        if match and match["version"] == version and match["kernel"] == kernel:
-            module_state = match["state"]
+    for module in parse_dkms_status("\n".join(sections.get("dkms", []))):
+        if module.version == version and module.kernel == kernel \
+                and module.state in ("built", "installed"):
+            module_state = module.state
     installed = {}
     for line in sections.get("packages", []):
         fields = line.split()
