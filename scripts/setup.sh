@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   openssh-server                            # sshd, for bench/fleet.py's loopback endpoints (not started)
   python3-venv
   cpio                                      # reads the nested guest's initramfs in a unit test
+  apt-utils gnupg                           # apt-ftparchive and gpg: the signed stand-in NVIDIA repositories
   golang-go golang-github-vmware-govmomi-dev  # vcsim for tests/esxi: built from tests/vcsim/
 )
 
