@@ -21,12 +21,14 @@ SCENARIOS = ("intel-grub", "amd-systemd-boot", "debian-nvidia-driver")
 # converge, idempotence, testinfra, destroy.
 # - intel-grub, amd-systemd-boot: the iommu and vfio roles through playbooks/host_setup.yml,
 #   one reboot each.
-# - debian-nvidia-driver: the guest stage's roles. nvidia_driver through
-#   playbooks/nvidia_driver.yml, with Debian's real packages and a module from `gpuprov driver
-#   build` (compiled natively here); fabricmanager (skipped without NVSwitch, then forced, in
-#   lockstep with the driver, a newer one diagnosed as Error 802) and container_toolkit (Debian's
-#   real docker and containerd) from stand-ins of NVIDIA's repositories; every pin checked
-#   through upgrade and full-upgrade.
+# - debian-nvidia-driver: the nvidia_driver role through playbooks/nvidia_driver.yml, with
+#   Debian's real packages and a module from `gpuprov driver build` (compiled natively here),
+#   the pins checked through upgrade and full-upgrade.
+# Not here: debian-guest-stage, the whole guest stage (driver, fabricmanager, container toolkit
+# with Debian's docker and containerd) through playbooks/guest_setup.yml. Alone it takes about
+# 35 minutes under emulation; beside these three (suite of 2026-12-07) it had not finished
+# installing the driver 20 minutes in, which would take CI past its 90 minutes. It runs by hand
+# until the lab makes it cheaper (issue #12): molecule test -s debian-guest-stage.
 # All run at once, each on its own lab host in the one lab. A host under emulation keeps about
 # one core busy, and most of the driver scenario is dpkg on one core: side by side, the three
 # share these machines' two cores, where one after another would leave one idle.

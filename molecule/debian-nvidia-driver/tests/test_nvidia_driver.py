@@ -1,7 +1,7 @@
 """testinfra: after nvidia_driver.yml, Debian's NVIDIA packages are installed at their pins and
 held, the prebuilt module is installed for the running kernel, nouveau stays off, and the pins
-(fabricmanager's and the toolkit's too) survive the upgrades an administrator runs. Read from
-the host itself (apt, dpkg, DKMS, kmod), not from the role's own report."""
+survive the upgrades an administrator runs. Read from the host itself (apt, dpkg, DKMS, kmod),
+not from the role's own report."""
 
 from __future__ import annotations
 
@@ -84,11 +84,3 @@ def test_the_pins_hold_through_upgrade_and_full_upgrade(host, pins):
         assert result.rc == 0, f"{command}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
     _assert_pinned_and_held(host, pins)
     _assert_module_installed(host)
-    # fabricmanager and the toolkit too stay at their pins, though their repositories offer
-    # newer versions.
-    for name in ("gpuprov-fabricmanager", "gpuprov-container-toolkit"):
-        text = host.file(f"/etc/apt/preferences.d/{name}.pref").content_string
-        others = dict(re.findall(r"^Package: (\S+)\nPin: version (\S+)\nPin-Priority: 1001$",
-                                 text, re.MULTILINE))
-        assert others, text
-        assert _installed(host, others) == others
