@@ -72,5 +72,4 @@ class FilterModule:
             "pinned_packages_choose": pinned_packages_choose,
             "pinned_packages_installed": pinned_packages_installed,
             "pinned_packages_to_install": pinned_packages_to_install,
-            "upstream_version": upstream_version,
         }
