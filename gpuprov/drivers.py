@@ -77,6 +77,21 @@ def require_headers(archive: PrivateApt, kernel: str) -> None:
                             "kernel, or pass --mirror with a snapshot that has it")
 
 
+def plan_from_archive(sources: list[str], packages: list[str], *, kernel: str | None = None,
+                      codename: str = "", mok: MokPair | None = None
+                      ) -> tuple[apt_pins.PinPlan, driver_build.ModuleBuild | None]:
+    """The pins of ``packages`` from the archive behind ``sources`` and, for ``kernel``, the
+    build of their module (refused when the archive has no headers for that kernel)."""
+    with tempfile.TemporaryDirectory(prefix="gpuprov-apt-") as scratch:
+        archive = read_archive(sources, Path(scratch))
+        pins = plan_pins(archive, packages)
+        if kernel is None:
+            return pins, None
+        require_headers(archive, kernel)
+    return pins, driver_build.plan_module_build(packages, pins, codename, kernel,
+                                                mok.cert_sha256() if mok else None)
+
+
 @dataclass(frozen=True)
 class MokPair:
     """The fleet's Secure Boot module signing key and its certificate (files we only read)."""

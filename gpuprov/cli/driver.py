@@ -118,7 +118,6 @@ def pins(
     pulls in, to one exact version: planned from the archive's own package records (release,
     -updates and -security suites, read with apt in a private directory). Changes nothing;
     the file goes to /etc/apt/preferences.d/ on the host."""
-    import tempfile
 
     from gpuprov import drivers
     from gpuprov.transport.apt_archive import redact
@@ -126,8 +125,7 @@ def pins(
     found, codename = _debian_match(gpu, cuda, distro, modules, "driver pins")
     sources = drivers.debian_sources(mirror, security_mirror, codename)
     requested = found.headless if headless else found.packages
-    with tempfile.TemporaryDirectory(prefix="gpuprov-apt-") as scratch:
-        plan = drivers.plan_pins(drivers.read_archive(sources, Path(scratch)), requested)
+    plan, _ = drivers.plan_from_archive(sources, requested)
     if as_json:
         print_json({"gpu": found.gpu, "distro": found.distro, "modules": found.modules,
                     "packages": requested, "sources": [redact(line) for line in sources],
@@ -176,7 +174,6 @@ def build(
     shapes it, so a second build of the same is instant. Needs root; changes nothing outside
     its cache."""
     import shutil
-    import tempfile
 
     from gpuprov import drivers
     from gpuprov.lab.image import default_cache_dir
@@ -187,12 +184,8 @@ def build(
     found, codename = _debian_match(gpu, cuda, distro, modules, "driver build")
     driver_build.check_kernel(kernel)  # before any download
     sources = drivers.debian_sources(mirror, security_mirror, codename)
-    with tempfile.TemporaryDirectory(prefix="gpuprov-apt-") as scratch:
-        archive = drivers.read_archive(sources, Path(scratch))
-        drivers.require_headers(archive, kernel)
-        plan = driver_build.plan_module_build(
-            found.headless, drivers.plan_pins(archive, found.headless), codename, kernel,
-            mok.cert_sha256() if mok else None)
+    _, plan = drivers.plan_from_archive(sources, found.headless, kernel=kernel,
+                                        codename=codename, mok=mok)
     with progress() as report:
         builder = drivers.ModuleBuilder(default_cache_dir(), mirror,
                                         lambda message: report("driver build", message))

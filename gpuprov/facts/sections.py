@@ -1,4 +1,4 @@
-"""Split the output of ``probe.sh`` into its sections.
+"""Split the output of ``probe.sh`` (and ``guest_probe.sh``) into its sections.
 
 The probe prints ``### NAME`` (or ``### NAME ARG`` for files) before each fact, optionally with a
 status in brackets: ``[absent]``, ``[no command]`` or ``[exit N]``. Only those exact shapes with a
@@ -73,8 +73,9 @@ class ProbeOutput:
         return [s for path, s in sorted(self.files.items()) if path.startswith(prefix)]
 
 
-def split_sections(text: str) -> ProbeOutput:
-    """Parse the probe's whole output; text before the first header is ignored."""
+def split_sections(text: str, names: frozenset[str] = SECTION_NAMES) -> ProbeOutput:
+    """Parse a probe's whole output (``names``: the sections that probe prints); text before
+    the first header is ignored."""
     sections: dict[str, Section] = {}
     files: dict[str, Section] = {}
     current: tuple[str, str | None, str] | None = None
@@ -92,7 +93,7 @@ def split_sections(text: str) -> ProbeOutput:
 
     for line in text.splitlines():
         match = _HEADER.match(line)
-        if match and match["name"] in SECTION_NAMES:
+        if match and match["name"] in names:
             close()
             current = (match["name"], match["arg"], match["status"] or "ok")
             lines = []

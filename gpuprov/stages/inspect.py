@@ -6,7 +6,9 @@ One SSH session runs ``gpuprov/facts/probe.sh`` as root; everything after that i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shlex
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -56,16 +58,19 @@ def probe_script() -> str:
     return resources.files("gpuprov.facts").joinpath("probe.sh").read_text()
 
 
-def probe_command(user: str) -> str:
+def probe_command(user: str, args: Sequence[str] = ()) -> str:
     """Root runs the probe directly; anyone else through passwordless sudo, keeping
     $SSH_CONNECTION (sudo drops it) so the probe can find the management NIC."""
+    command = "sh -s" + "".join(f" {shlex.quote(a)}" for a in ("--", *args) if args)
     if user == "root":
-        return "sh -s"
-    return 'sudo -n env SSH_CONNECTION="$SSH_CONNECTION" sh -s'
+        return command
+    return f'sudo -n env SSH_CONNECTION="$SSH_CONNECTION" {command}'
 
 
-def gather(name: str, target: ssh.SshTarget) -> str:
-    """The probe's output from ``target`` (one SSH session)."""
+@contextmanager
+def session(name: str, target: ssh.SshTarget) -> Iterator[Callable[..., str]]:
+    """One SSH connection to ``target``; yields ``run(script, *args)``, which runs a read-only
+    shell script there as root and returns its output."""
     where = f"{target.user}@{target.host}:{target.port}"
     try:
         client = ssh.connect(target)
@@ -75,19 +80,29 @@ def gather(name: str, target: ssh.SshTarget) -> str:
             f"check that {name} is up and its sshd listens on port {target.port}, that the key "
             f"is accepted, and that its host key is in {target.known_hosts}"
             " (for a lab host: gpuprov lab list)") from error
-    with client:
+
+    def run(script: str, *args: str) -> str:
         try:
-            status, out, err = ssh.run(client, probe_command(target.user),
-                                       timeout=PROBE_TIMEOUT, stdin=probe_script())
+            status, out, err = ssh.run(client, probe_command(target.user, args),
+                                       timeout=PROBE_TIMEOUT, stdin=script)
         except (OSError, paramiko.SSHException) as error:
             raise HostUnreachable(f"the SSH session to {name} ({where}) broke: {error}") from error
-    if status != 0 or not out.strip():
-        detail = (err.strip().splitlines() or [f"exit status {status}"])[-1]
-        raise GpuprovError(
-            f"the probe failed on {name} ({where}): {detail}",
-            "connect as root, or give the user passwordless sudo" if target.user != "root"
-            else None)
-    return out
+        if status != 0 or not out.strip():
+            detail = (err.strip().splitlines() or [f"exit status {status}"])[-1]
+            raise GpuprovError(
+                f"the probe failed on {name} ({where}): {detail}",
+                "connect as root, or give the user passwordless sudo" if target.user != "root"
+                else None)
+        return out
+
+    with client:
+        yield run
+
+
+def gather(name: str, target: ssh.SshTarget) -> str:
+    """The probe's output from ``target`` (one SSH session)."""
+    with session(name, target) as run:
+        return run(probe_script())
 
 
 def run(host: str, *, inventory: Path | None = None, gpus: Sequence[str] = ()) -> InspectResult:

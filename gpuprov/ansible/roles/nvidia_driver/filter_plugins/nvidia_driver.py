@@ -144,6 +144,14 @@ def _nvidia_smi(lines: list[str] | None) -> dict | None:
     return {"exit": code, "versions": versions, "output": " ".join(output)}
 
 
+def kernel_metapackages(kernel: str) -> list[str]:
+    """The metapackages that would bring a newer kernel than ``kernel``, which the role holds
+    with the driver: 6.1.0-50-amd64 -> linux-image-amd64, linux-headers-amd64."""
+    flavour = re.sub(r"^[0-9.]+(-[0-9]+|\+deb[0-9]+)-", "", kernel)
+    return [f"linux-image-{flavour}", f"linux-headers-{flavour}"]
+
+
 class FilterModule:
     def filters(self):
-        return {"nvidia_driver_state": nvidia_driver_state}
+        return {"nvidia_driver_state": nvidia_driver_state,
+                "nvidia_driver_kernel_metapackages": kernel_metapackages}
