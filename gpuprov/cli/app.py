@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gpuprov import __version__
-from gpuprov.cli import driver, host, lab, vm
+from gpuprov.cli import driver, guest, host, lab, vm
 from gpuprov.cli.output import err_console, print_error
 from gpuprov.errors import GpuprovError, HostUnreachable
 
@@ -23,12 +23,12 @@ app = typer.Typer(
 app.add_typer(lab.app, name="lab")
 app.add_typer(host.app, name="host")
 app.add_typer(vm.app, name="vm")
+app.add_typer(guest.app, name="guest")
 app.add_typer(driver.app, name="driver")
 
 # Stages that later issues build. They exist so the CLI's shape is visible, and say plainly
 # that they do nothing yet rather than print anything that looks like a result.
 _PENDING = {
-    "guest": ("Install the NVIDIA driver, container toolkit and fabricmanager in a guest.", None),
     "deploy": ("Deploy the GPU remoting server and the Kubernetes device plugin.", None),
 }
 

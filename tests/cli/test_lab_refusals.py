@@ -87,8 +87,8 @@ def test_no_disk_space_to_build_the_image(run_gpuprov, tiny_filesystem):
 
 
 def test_pending_stage_says_not_yet_available(run_gpuprov):
-    result = run_gpuprov("guest", "install", check=False)
-    _assert_refused(result, 1, "`gpuprov guest` is not yet available", "a later issue")
+    result = run_gpuprov("deploy", "install", check=False)
+    _assert_refused(result, 1, "`gpuprov deploy` is not yet available", "a later issue")
 
 
 def test_destroy_needs_names_or_all(run_gpuprov):
