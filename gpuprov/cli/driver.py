@@ -106,10 +106,16 @@ DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 def pins(
     gpu: GpuOption,
     cuda: CudaOption = None,
-    distro: DebianOption = "debian12",
+    distro: Annotated[str, typer.Option(
+        "--distro", help="debian12 or debian13 (from the archive); ubuntu22.04, ubuntu24.04 "
+        "or rhel9 (from gpuprov's data, with --version).")] = "debian12",
     modules: ModulesOption = None,
     headless: Annotated[bool, typer.Option(
         "--headless", help="The compute-only set (no X, no OpenGL).")] = False,
+    version: Annotated[str | None, typer.Option(
+        "--version", help="Ubuntu and RHEL only: the driver version to hold (535.261.03; "
+        "3:550.163.01-1.el9 on RHEL), as the distro's package list shows it.",
+        show_default=False)] = None,
     mirror: MirrorOption = DEBIAN_MIRROR,
     security_mirror: SecurityMirrorOption = DEBIAN_SECURITY_MIRROR,
     as_json: JsonOption = False,
@@ -117,11 +123,21 @@ def pins(
     """The apt preferences file that pins the matched driver, and every NVIDIA package it
     pulls in, to one exact version: planned from the archive's own package records (release,
     -updates and -security suites, read with apt in a private directory). Changes nothing;
-    the file goes to /etc/apt/preferences.d/ on the host."""
+    the file goes to /etc/apt/preferences.d/ on the host. For Ubuntu and the RHEL family, whose
+    archives gpuprov cannot read here, the pins (apt preferences and holds; dnf versionlock and
+    module stream) and the repository setup of the matched packages at --version, from data."""
 
     from gpuprov import drivers
     from gpuprov.transport.apt_archive import redact
 
+    if distro.startswith(("ubuntu", "rhel")):
+        _distro_pins(gpu, cuda, distro, modules, headless, version, as_json)
+        return
+    if version is not None:
+        from gpuprov.errors import UsageError
+
+        raise UsageError("--version is for Ubuntu and RHEL: on Debian the pins come from the "
+                         "archive, at the version it has", "leave --version out")
     found, codename = _debian_match(gpu, cuda, distro, modules, "driver pins")
     sources = drivers.debian_sources(mirror, security_mirror, codename)
     requested = found.headless if headless else found.packages
@@ -138,6 +154,36 @@ def pins(
     typer.echo(plan.preferences(header), nl=False)
     for reason in plan.why:
         typer.echo(f"# why: {reason}", err=True)
+
+
+def _distro_pins(gpu, cuda, distro, modules, headless, version, as_json) -> None:
+    from gpuprov.errors import UsageError
+    from gpuprov.plan import distro_pins, driver
+
+    if version is None:
+        raise UsageError(f"--distro {distro} needs --version: gpuprov cannot read its archive "
+                         "from here", "give the version the distro's package list shows, such "
+                         "as 535.261.03 (Ubuntu) or 3:550.163.01-1.el9 (RHEL)")
+    data = driver.DriverData.load()
+    found = driver.match(data, driver.DriverRequest(gpu=gpu, distro=distro, cuda=cuda,
+                                                    modules=modules))
+    planned = distro_pins.plan_distro_pins(data, found, version, headless=headless)
+    if as_json:
+        print_json({"gpu": found.gpu, **planned.to_json()})
+        return
+    typer.echo(f"# gpuprov driver pins: {found.gpu} ({found.name}) on {found.distro_name}, "
+               f"{found.modules} modules, driver {planned.driver_version}; from gpuprov's data, "
+               "not proven on a real host")
+    typer.echo("# sources: " + "; ".join(planned.sources))
+    for command in planned.setup:
+        typer.echo(command)
+    if planned.module_stream:
+        typer.echo(f"dnf module enable -y {planned.module_stream}")
+    if planned.versionlock:
+        typer.echo("dnf versionlock add " + " ".join(planned.versionlock))
+    if planned.preferences:
+        typer.echo(f"# /etc/apt/preferences.d/gpuprov-nvidia.pref\n{planned.preferences}", nl=False)
+        typer.echo("apt-mark hold " + " ".join(planned.hold))
 
 
 @app.command(epilog=(

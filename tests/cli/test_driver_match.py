@@ -41,3 +41,24 @@ def test_an_unknown_id_exits_3(run_gpuprov):
     result = run_gpuprov("driver", "match", "--gpu", "10de:ffff", check=False)
     assert result.returncode == 3, result.stderr
     assert "10de:ffff is neither an NVIDIA GPU in pci.ids" in " ".join(result.stderr.split())
+
+
+def test_pins_for_ubuntu_and_rhel_come_from_the_data_at_the_version_given(run_gpuprov):
+    result = run_gpuprov("driver", "pins", "--gpu", "10de:2330", "--distro", "ubuntu24.04",
+                         "--headless", "--version", "580.95.05")
+    assert "Package: nvidia-headless-580-server-open\nPin: version 580.95.05-*\n" in result.stdout
+    assert "apt-mark hold nvidia-headless-580-server-open nvidia-utils-580-server" in result.stdout
+    assert "not proven on a real host" in result.stdout
+    result = run_gpuprov("driver", "pins", "--gpu", "10de:2330", "--distro", "rhel9",
+                         "--version", "3:580.95.05-1.el9")
+    lines = result.stdout.splitlines()
+    assert "dnf module enable -y nvidia-driver:580-open" in lines
+    [lock] = [line.split()[3:] for line in lines if line.startswith("dnf versionlock add ")]
+    assert "nvidia-driver-3:580.95.05-1.el9.*" in lock
+
+
+def test_pins_without_an_archive_need_the_version(run_gpuprov):
+    result = run_gpuprov("driver", "pins", "--gpu", "10de:2330", "--distro", "rhel9",
+                         check=False)
+    assert result.returncode == 2
+    assert "--distro rhel9 needs --version" in result.stderr
