@@ -23,7 +23,9 @@ SCENARIOS = ("intel-grub", "amd-systemd-boot", "debian-nvidia-driver")
 #   one reboot each.
 # - debian-nvidia-driver: the nvidia_driver role through playbooks/nvidia_driver.yml, with
 #   Debian's real packages and a module from `gpuprov driver build` (compiled natively here),
-#   the pins checked through upgrade and full-upgrade.
+#   the pins checked through upgrade and full-upgrade; the role's DKMS compile path with a
+#   STAND-IN module compiled on the host; `gpuprov guest inspect` and `guest setup --check`
+#   against the converged host (ready; nothing to do).
 # Not here: debian-guest-stage, the whole guest stage (driver, fabricmanager, container toolkit
 # with Debian's docker and containerd) through playbooks/guest_setup.yml. Alone it takes about
 # 35 minutes under emulation; beside these three (suite of 2026-12-07) it had not finished
