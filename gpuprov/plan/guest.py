@@ -9,6 +9,9 @@ adds what only the whole stage knows: the cards, the matched branch, the runtime
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
+
+import yaml
 
 from gpuprov.ansible.roles.container_toolkit.filter_plugins.container_toolkit import (
     RUNTIMES,
@@ -23,7 +26,14 @@ from gpuprov.ansible.roles.nvidia_driver.filter_plugins.nvidia_driver import (
     kernel_metapackages,
     nvidia_driver_state,
 )
-from gpuprov.errors import NotFoundError, Refused, UsageError
+from gpuprov.errors import (
+    EXIT_NEEDS_SETUP,
+    EXIT_OK,
+    EXIT_REFUSED,
+    NotFoundError,
+    Refused,
+    UsageError,
+)
 from gpuprov.facts.guest import GuestCard, GuestFacts
 from gpuprov.plan import driver
 from gpuprov.plan.verdict import NEEDS_SETUP, READY, UNSAFE
@@ -32,10 +42,18 @@ from gpuprov.plan.verdict import NEEDS_SETUP, READY, UNSAFE
 # NVIDIA card it stands in for in the inventory variable below, and is matched as that card.
 LAB_CARD = "1234:1111"
 STAND_IN_VARIABLE = "gpuprov_lab_gpu_stands_in_for"
-# The roles' packages (roles/container_toolkit/vars/Debian.yml), read by its state script.
-TOOLKIT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base",
-                    "libnvidia-container-tools", "libnvidia-container1")
-FABRICMANAGER_CONFIG = "/usr/share/nvidia/nvswitch/fabricmanager.cfg"
+
+
+def _debian_vars(role: str) -> dict:
+    """A role's vars/Debian.yml: the paths and package names its state script is given."""
+    return yaml.safe_load((resources.files("gpuprov") / "ansible" / "roles" / role / "vars"
+                           / "Debian.yml").read_text())
+
+
+TOOLKIT_PACKAGES = tuple(_debian_vars("container_toolkit")["__container_toolkit_packages"])
+FABRICMANAGER_CONFIG = _debian_vars("fabricmanager")["__fabricmanager_config"]
+# fabricmanager's packages at the driver's version (either naming); its role installs NVLSM too.
+FABRICMANAGER_PACKAGES = ("nvidia-fabricmanager", "libnvidia-nscq")
 INSTALLS_ON = ("debian",)  # the families the roles install on (proven on real Debian hosts)
 # The roles' variables a plan sets for each host (GuestPlan.host_vars); --vars may set others.
 PLANNED_VARIABLES = frozenset({
@@ -139,8 +157,6 @@ class GuestReport:
 
     @property
     def exit_code(self) -> int:
-        from gpuprov.errors import EXIT_NEEDS_SETUP, EXIT_OK, EXIT_REFUSED
-
         return {READY: EXIT_OK, NEEDS_SETUP: EXIT_NEEDS_SETUP, UNSAFE: EXIT_REFUSED}[self.status]
 
     def to_json(self) -> dict:
@@ -160,10 +176,10 @@ def _public(state: dict) -> dict:
     return {k: v for k, v in state.items() if k != "problems"}
 
 
-def driver_packages(facts: GuestFacts, match: driver.DriverMatch) -> dict[str, str]:
+def driver_packages(facts: GuestFacts) -> dict[str, str]:
     """The installed NVIDIA packages the driver role pins and holds: all but the toolkit's and
     fabricmanager's, which their roles own."""
-    theirs = (*TOOLKIT_PACKAGES, "nvidia-fabricmanager", "libnvidia-nscq", "nvlsm")
+    theirs = (*TOOLKIT_PACKAGES, *FABRICMANAGER_PACKAGES, "nvlsm")
     return {p: v for p, v in facts.packages.items() if not p.startswith(theirs)}
 
 
@@ -175,11 +191,11 @@ def read_states(facts: GuestFacts, match: driver.DriverMatch, driver_text: str,
     loaded for the running kernel, each runtime wired."""
     installed_driver = facts.driver_version or ""
     driver_state = nvidia_driver_state(
-        driver_text, installed_driver, facts.kernel, driver_packages(facts, match),
+        driver_text, installed_driver, facts.kernel, driver_packages(facts),
         match.headless, kernel_metapackages(facts.kernel))
     fabricmanager = fabricmanager_state(fabricmanager_text, {
         p: v for p, v in facts.packages.items()
-        if p.startswith(("nvidia-fabricmanager", "libnvidia-nscq"))})
+        if p.startswith(FABRICMANAGER_PACKAGES)})
     runtimes_installed = container_toolkit_sections(toolkit_text).get("runtimes", [])
     toolkit = None
     if request.runtimes or runtimes_installed:

@@ -52,7 +52,7 @@ def run(host: str, request: guest.GuestRequest, *, inventory: Path | None = None
         facts = parse_guest_facts(run_script(_guest_probe()))
         cards = guest.matched_cards(facts, stand_in)
         match = guest.match_driver(data, facts, cards, request)
-        driver_packages = sorted({*guest.driver_packages(facts, match), *match.headless,
+        driver_packages = sorted({*guest.driver_packages(facts), *match.headless,
                                   *guest.kernel_metapackages(facts.kernel)})
         texts = (
             run_script(_script("driver"), facts.kernel, facts.driver_version or "none",
