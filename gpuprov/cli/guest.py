@@ -109,7 +109,8 @@ def render_report(host: str, report) -> None:
                      f"{driver['loaded'] or 'none'}" if facts.driver_version else ""))
     table.add_row("secure boot", {True: "on", False: "off", None: "unknown (no UEFI)"}[
         driver["secure_boot"]] + (f", module signed by {driver['signer']}"
-                                  if driver["signer"] else ""))
+                                  if driver["signer"] else "")
+                  + (f", MOK key {driver['mok']}" if driver["mok"] else ""))
     table.add_row("nvidia-smi", driver["gpu"])
     fabric = states.fabricmanager
     table.add_row("fabricmanager", (

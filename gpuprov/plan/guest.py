@@ -226,6 +226,8 @@ def judge(facts: GuestFacts, cards: list[MatchedCard], match: driver.DriverMatch
             missing.append(f"driver {installed} is installed, but the card needs branch "
                            f"{match.branch}")
         missing += states.driver["problems"] + states.driver["reboot_because"]
+        if states.driver["mok"] == "unknown":
+            notes.append(states.driver["mok_note"])
     fabric = states.fabricmanager
     if fabric["nvswitches"] or request.force_fabricmanager or fabric["installed"]:
         missing += fabric["problems"]

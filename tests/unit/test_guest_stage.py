@@ -152,6 +152,27 @@ def test_an_unheld_driver_package_needs_setup():
     assert any(m.startswith("not held (apt-mark hold them): libcuda1") for m in report.missing)
 
 
+def test_secure_boot_with_the_signing_key_not_enrolled_needs_setup_and_says_how():
+    """The driver role's reader decides (test_role_nvidia_driver_state has its cases); guest
+    inspect reports what it says, in its JSON too."""
+    driver = _texts("lab-guest-stage")["driver"].replace(
+        "== secure-boot\n0\n", "== secure-boot\n1\n").replace(
+        "== signer\n", "== signer\nDKMS module signing key\n== sig-key\n65:FB:AA:58\n"
+        "== mok-enrolled\nnone\n== mok-pending\nnone\n")
+    report = _report("lab-guest-stage", guest.GuestRequest(
+        modules="open", default_runtime=True, force_fabricmanager=True), driver=driver)
+    assert report.status == guest.NEEDS_SETUP
+    [missing] = report.missing
+    assert "(DKMS module signing key, serial 65:FB:AA:58) is not enrolled" in missing
+    assert "mokutil --import CERT" in missing
+    assert report.to_json()["driver"]["mok"] == "not enrolled"
+    unknown = _report("lab-guest-stage", guest.GuestRequest(
+        modules="open", default_runtime=True, force_fabricmanager=True),
+        driver=driver.replace("== mok-enrolled\nnone\n", "== mok-enrolled\n"))
+    assert unknown.status == guest.READY and unknown.states.driver["mok"] == "unknown"
+    assert any("whether its key is enrolled is unknown" in n for n in unknown.notes)
+
+
 def test_another_branch_installed_needs_setup():
     probe = _texts("lab-guest-stage")["probe"]
     report = _report("lab-guest-stage", probe=probe.replace(

@@ -78,6 +78,9 @@ def nvidia_driver_state(text: str, version: str, kernel: str, pins: dict, packag
     loaded = (sections.get("loaded") or [""])[0] or None
     secure_boot = {"1": True, "0": False}.get((sections.get("secure-boot") or [""])[0])
     signer = " ".join(sections.get("signer", [])) if module_state != "missing" else ""
+    mok, mok_note = None, ""
+    if secure_boot and module_state == "installed" and signer:
+        mok, mok_note = _mok_enrolment(signer, sections)
     smi = _nvidia_smi(sections.get("nvidia-smi"))
 
     problems = []
@@ -110,6 +113,8 @@ def nvidia_driver_state(text: str, version: str, kernel: str, pins: dict, packag
         problems.append("Secure Boot is on and the module is unsigned: the kernel will not "
                         "load it. Build it signed (gpuprov driver build --mok-key, --mok-cert) "
                         "and enroll the certificate (mokutil --import, then MokManager at boot)")
+    if mok in ("pending", "not enrolled"):
+        problems.append(mok_note)
 
     if not cards:
         gpu = ("no NVIDIA GPU on this host, so nothing loads the module: nvidia-smi says it "
@@ -129,9 +134,62 @@ def nvidia_driver_state(text: str, version: str, kernel: str, pins: dict, packag
         gpu = f"{len(cards)} NVIDIA GPU(s) on driver {version}"
     return {
         "module": module_state, "installed": installed, "cards": cards, "loaded": loaded,
-        "secure_boot": secure_boot, "signer": signer, "nvidia_smi": smi, "gpu": gpu,
+        "secure_boot": secure_boot, "signer": signer, "mok": mok, "mok_note": mok_note,
+        "nvidia_smi": smi, "gpu": gpu,
         "reboot_because": reboot_because, "problems": problems,
     }
+
+
+# How a MOK enrolment is confirmed: only at the console, by shim's MokManager at the next boot.
+_MOK_CONFIRM = ("reboot at the console and, when MokManager's blue screen asks (press a key "
+                "before its countdown ends), choose \"Enroll MOK\", \"Continue\", \"Yes\", "
+                "type the one-time password given to mokutil --import, then \"Reboot\"; "
+                "afterwards mokutil --test-key CERT says \"CERT is already enrolled\"")
+_MOK_CERT = ("the certificate the module was signed with, in DER form (DKMS's own is "
+             "/var/lib/dkms/mok.pub; a module from gpuprov driver build was signed with the "
+             "fleet's certificate given to --mok-cert)")
+
+
+def _key_id(text: str) -> str:
+    """A key id as modinfo or mokutil print it ("65:FB:AA:..", "1000"), comparable."""
+    return re.sub(r"[\s:]", "", text).lower().lstrip("0")
+
+
+def _mok_keys(lines: list[str] | None) -> set[str] | None:
+    """The serial numbers in a mok-enrolled/mok-pending section; None when mokutil did not
+    answer (missing, or no EFI variables to read)."""
+    if not lines:
+        return None
+    return {_key_id(line) for line in lines if line != "none"}
+
+
+def _mok_enrolment(signer: str, sections: dict[str, list[str]]) -> tuple[str, str]:
+    """Whether the certificate that signed the module (its serial number, modinfo's sig_key) is
+    in the MOK list, waits in the enrolment request, or neither; and what to do about it. The
+    kernel refuses a module signed by a key it does not trust ("Key was rejected by service")."""
+    serial = " ".join(sections.get("sig-key", []))
+    key = _key_id(serial)
+    enrolled = _mok_keys(sections.get("mok-enrolled"))
+    pending = _mok_keys(sections.get("mok-pending"))
+    if not key or enrolled is None:
+        why = ("modinfo shows no signing key id" if not key else
+               "mokutil is not installed or could not read the MOK list (apt-get install mokutil)")
+        return "unknown", (f"Secure Boot is on and the module is signed by {signer}, but whether "
+                           f"its key is enrolled is unknown: {why}. Unless that key is enrolled "
+                           f"(mokutil --list-enrolled), the kernel will not load the module")
+    if key in enrolled:
+        return "enrolled", ""
+    named = f"the module's signing key ({signer}, serial {serial})"
+    if pending and key in pending:
+        return "pending", (f"Secure Boot is on and {named} waits in the MOK enrolment request "
+                           f"(mokutil --list-new): the kernel will not load the module until the "
+                           f"enrolment is confirmed at the next boot: {_MOK_CONFIRM}. If the "
+                           f"prompt was missed and mokutil --list-new no longer lists the key, "
+                           f"import it again (mokutil --import CERT). CERT is {_MOK_CERT}")
+    return "not enrolled", (f"Secure Boot is on and {named} is not enrolled in the MOK list: the "
+                            f"kernel will not load the module. Enroll it, which needs a console: "
+                            f"copy {_MOK_CERT} to the host as CERT, run mokutil --import CERT "
+                            f"(it asks for a one-time password), then {_MOK_CONFIRM}")
 
 
 def _nvidia_smi(lines: list[str] | None) -> dict | None:
