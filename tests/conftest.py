@@ -115,6 +115,7 @@ def pytest_configure(config):
         config.pluginmanager.register(SlowTestLog(terminal), "gpuprov-slow-test-log")
 
 
-# The `pve_sim` fixture (a simulated Proxmox VE node over HTTPS) for every test package; it is
-# declared here because pytest only honours `pytest_plugins` in the top-level conftest.
-pytest_plugins = ["tests.pvesim.fixtures"]
+# Declared here because pytest only honours `pytest_plugins` in the top-level conftest:
+# - the `pve_sim` fixture (a simulated Proxmox VE node over HTTPS) for every test package;
+# - molecule's scenarios as background runs, the longest started with the suite.
+pytest_plugins = ["tests.pvesim.fixtures", "tests.e2e.molecule_runs"]

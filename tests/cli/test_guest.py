@@ -2,7 +2,7 @@
 side stubbed by real lab captures (tests/unit/fixtures/guest, read as tests/unit/test_guest_stage
 reads them) and the playbook runs by the engine's own result type. What it proves: the report
 and its exit code, the plan and its variables per host, --check, bad input before any host is
-read. The real runs are molecule/debian-nvidia-driver's verify (inspect and --check on a real
+read. The real runs are molecule/debian-guest-stage's verify (inspect and --check on a real
 host, in CI) and the README's "Guest stage" run by hand."""
 
 from __future__ import annotations

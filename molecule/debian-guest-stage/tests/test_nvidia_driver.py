@@ -1,7 +1,8 @@
-"""testinfra: after nvidia_driver.yml, Debian's NVIDIA packages are installed at their pins and
-held, the prebuilt module is installed for the running kernel, nouveau stays off, and the pins
-(fabricmanager's and the toolkit's too) survive the upgrades an administrator runs. Read from
-the host itself (apt, dpkg, DKMS, kmod), not from the role's own report."""
+"""testinfra: after the guest stage, Debian's NVIDIA packages are installed at their pins and
+held, the prebuilt module is installed for the running kernel, the role's DKMS compile path
+built a STAND-IN module for real, nouveau stays off, and the pins (fabricmanager's and the
+toolkit's too) survive the upgrades an administrator runs. Read from the host itself (apt,
+dpkg, DKMS, kmod), not from the role's own report."""
 
 from __future__ import annotations
 
@@ -60,10 +61,31 @@ def test_the_prebuilt_module_is_installed_for_the_running_kernel(host):
     # Nothing was compiled here: a DKMS build leaves its object files in the module's build
     # directory, and the package's own build never ran.
     kernel = host.run("uname -r").stdout.strip()
-    objects = host.run("find /var/lib/dkms -name '*.o'").stdout
+    objects = host.run("find /var/lib/dkms -name '*.o' -not -path '/var/lib/dkms/gpuprov-standin/*'"
+                       ).stdout
     assert not objects.strip(), objects
     assert host.run(f"test -e /usr/src/linux-headers-{kernel}").rc == 0
     assert not host.file("/etc/dkms/no-autoinstall").exists
+
+
+def test_the_roles_compile_path_built_the_standin_module_for_real(host):
+    # STAND-IN: gpuprov's own tiny DKMS module, compiled here by the role's DKMS compile path.
+    kernel = host.run("uname -r").stdout.strip()
+    status = host.run(f"dkms status -k {kernel}").stdout
+    assert re.search(rf"^gpuprov-standin/1\.0, {re.escape(kernel)}, x86_64: installed$", status,
+                     re.MULTILINE), status
+    # DKMS's log of the compile it ran here (it cleans the build directory afterwards).
+    log = host.file(f"/var/lib/dkms/gpuprov-standin/1.0/{kernel}/x86_64/log/make.log")
+    assert "CC [M]  /var/lib/dkms/gpuprov-standin/1.0/build/gpuprov_standin.o" in (
+        log.content_string)
+    module = host.run(f"ls /lib/modules/{kernel}/updates/dkms/gpuprov_standin.ko*").stdout.strip()
+    assert module, "the module is not installed for the running kernel"
+    assert host.run(f"modinfo -F description {module}").stdout.strip() == (
+        "gpuprov STAND-IN DKMS module (tests only)")
+    # The running kernel loads it: built against its own headers.
+    loaded = host.run("modprobe gpuprov_standin && grep -c '^gpuprov_standin ' /proc/modules; "
+                      "modprobe -r gpuprov_standin")
+    assert loaded.rc == 0 and loaded.stdout.strip() == "1", loaded.stderr
 
 
 def test_nouveau_stays_off_and_nvidia_smi_says_why_it_cannot_answer(host):
