@@ -120,9 +120,6 @@ def pytest_sessionfinish(session):
 @pytest.fixture
 def molecule_runs(request) -> tuple[Path, dict[str, ScenarioRun]]:
     """The molecule lab and the runs started with the suite, by scenario; the test adds its
-    own to the same dictionary, so that the session's end stops them too."""
-    config = request.config
-    if LAB not in config.stash:  # collected some other way: start nothing early
-        config.stash[LAB] = Path(tempfile.mkdtemp(prefix="gpuprov-molecule-"))
-        config.stash[RUNS] = {}
-    return config.stash[LAB], config.stash[RUNS]
+    own to the same dictionary, so that the session's end stops them too. (Collecting
+    test_molecule.py made both: ``pytest_collection_finish``.)"""
+    return request.config.stash[LAB], request.config.stash[RUNS]

@@ -10,16 +10,19 @@ import re
 
 import pytest
 
-PREFERENCES = "/etc/apt/preferences.d/gpuprov-nvidia.pref"
 
-
-@pytest.fixture(scope="module")
-def pins(host) -> dict[str, str]:
-    text = host.file(PREFERENCES).content_string
+def _pinned(host, name: str) -> dict[str, str]:
+    """Package -> version in a role's apt preferences file, /etc/apt/preferences.d/NAME.pref."""
+    text = host.file(f"/etc/apt/preferences.d/{name}.pref").content_string
     found = dict(re.findall(r"^Package: (\S+)\nPin: version (\S+)\nPin-Priority: 1001$", text,
                             re.MULTILINE))
     assert found, text
     return found
+
+
+@pytest.fixture(scope="module")
+def pins(host) -> dict[str, str]:
+    return _pinned(host, "gpuprov-nvidia")
 
 
 def _installed(host, packages) -> dict[str, str]:
@@ -109,8 +112,5 @@ def test_the_pins_hold_through_upgrade_and_full_upgrade(host, pins):
     # fabricmanager and the toolkit too stay at their pins, though their repositories offer
     # newer versions.
     for name in ("gpuprov-fabricmanager", "gpuprov-container-toolkit"):
-        text = host.file(f"/etc/apt/preferences.d/{name}.pref").content_string
-        others = dict(re.findall(r"^Package: (\S+)\nPin: version (\S+)\nPin-Priority: 1001$",
-                                 text, re.MULTILINE))
-        assert others, text
+        others = _pinned(host, name)
         assert _installed(host, others) == others
