@@ -47,7 +47,7 @@ def _search_path() -> str:
     return os.pathsep.join([str(here), os.environ.get("PATH", os.defpath)])
 
 
-def _strategy() -> dict[str, str]:
+def strategy_environment() -> dict[str, str]:
     """Mitogen's strategy for gpuprov's own runs: one Python per host for the whole play, not
     one per task. Under software emulation that is most of a playbook's time (measured on a
     lab host: host setup's tasks before the initramfs rebuild, 77 s plain, 12 s with it).
@@ -56,11 +56,11 @@ def _strategy() -> dict[str, str]:
     if os.environ.get("GPUPROV_MITOGEN", "1") == "0":
         return {}
     try:
-        import ansible_mitogen
+        import ansible_mitogen  # noqa: F401  (strategy_plugins/mitogen_linear.py imports it)
     except ImportError:
         return {}
-    plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
-    return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear"}
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(CONTENT / "strategy_plugins"),
+            "ANSIBLE_STRATEGY": "mitogen_linear"}
 
 
 def run_playbook(
@@ -184,7 +184,7 @@ def _run(name: str | Path, *, inventory: Path, limit: str, extravars: dict, opti
             envvars={"PATH": _search_path(),
                      "ANSIBLE_CONFIG": str(CONTENT / "ansible.cfg"),
                      "ANSIBLE_FORCE_COLOR": "0",
-                     **_strategy()},
+                     **strategy_environment()},
             event_handler=on_event,
             cancel_callback=cancelled,
             quiet=True,

@@ -18,5 +18,10 @@ def test_prints_the_packaged_playbooks_and_how_to_run_them():
     assert directory == Path(gpuprov.__file__).resolve().parent / "ansible" / "playbooks"
     assert (directory / "host_setup.yml").is_file()
     assert (directory.parent / "roles" / "host_lock" / "tasks" / "main.yml").is_file()
-    assert f"ANSIBLE_CONFIG={directory.parent / 'ansible.cfg'} ansible-playbook" in \
-        " ".join(result.stderr.split())
+    hint = " ".join(result.stderr.split())
+    assert f"ANSIBLE_CONFIG={directory.parent / 'ansible.cfg'} " in hint
+    # With mitogen's strategy, from the plugin directory that ships beside the playbooks.
+    plugins = directory.parent / "strategy_plugins"
+    assert f"ANSIBLE_STRATEGY_PLUGINS={plugins} ANSIBLE_STRATEGY=mitogen_linear ansible-playbook" \
+        in hint
+    assert (plugins / "mitogen_linear.py").is_file()
