@@ -54,13 +54,12 @@ for _name, (_summary, _issue) in _PENDING.items():
 def playbooks() -> None:
     """Print the directory of gpuprov's playbooks (its roles and ansible.cfg are beside it), to
     run them with plain ansible-playbook, AWX or a fleet's own tooling."""
-    from gpuprov.transport.ansible import CONTENT, strategy_environment
+    from gpuprov.transport.ansible import CONTENT, playbook_environment
 
-    settings = {"ANSIBLE_CONFIG": CONTENT / "ansible.cfg", **strategy_environment()}
+    settings = "".join(f"{name}={value} " for name, value in playbook_environment().items())
     typer.echo(CONTENT / "playbooks")
     err_console.print(
-        "run one as gpuprov does:\n  "
-        + "".join(f"{name}={value} " for name, value in settings.items()) + "ansible-playbook "
+        f"run one as gpuprov does:\n  {settings}ansible-playbook "
         f"-i INVENTORY {CONTENT / 'playbooks' / 'host_setup.yml'} --limit HOST "
         "-e '{\"vfio_pci_addresses\": [\"0000:26:00.0\", \"0000:26:00.1\"]}'\n"
         "each playbook's first lines say what it does and which variables it takes",

@@ -7,6 +7,7 @@ progress events and a result gpuprov can reason about (what changed, what failed
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -47,20 +48,21 @@ def _search_path() -> str:
     return os.pathsep.join([str(here), os.environ.get("PATH", os.defpath)])
 
 
-def strategy_environment() -> dict[str, str]:
-    """Mitogen's strategy for gpuprov's own runs: one Python per host for the whole play, not
-    one per task. Under software emulation that is most of a playbook's time (measured on a
-    lab host: host setup's tasks before the initramfs rebuild, 77 s plain, 12 s with it).
-    Plain ``ansible-playbook`` keeps Ansible's default strategy; ``GPUPROV_MITOGEN=0`` gives
-    gpuprov that too."""
-    if os.environ.get("GPUPROV_MITOGEN", "1") == "0":
-        return {}
-    try:
-        import ansible_mitogen  # noqa: F401  (strategy_plugins/mitogen_linear.py imports it)
-    except ImportError:
-        return {}
-    return {"ANSIBLE_STRATEGY_PLUGINS": str(CONTENT / "strategy_plugins"),
-            "ANSIBLE_STRATEGY": "mitogen_linear"}
+def playbook_environment() -> dict[str, str]:
+    """The settings gpuprov runs every playbook with: its ansible.cfg, and mitogen's strategy.
+
+    Mitogen runs one Python per host for the whole play, not one per task. Under software
+    emulation that is most of a playbook's time (measured on a lab host: host setup's tasks
+    before the initramfs rebuild, 77 s plain, 12 s with it). Plain ``ansible-playbook`` keeps
+    Ansible's default strategy; ``GPUPROV_MITOGEN=0`` gives gpuprov that too."""
+    settings = {"ANSIBLE_CONFIG": str(CONTENT / "ansible.cfg")}
+    # Only whether it is installed: strategy_plugins/mitogen_linear.py imports it, inside
+    # ansible-playbook.
+    mitogen = importlib.util.find_spec("ansible_mitogen") is not None
+    if mitogen and os.environ.get("GPUPROV_MITOGEN", "1") != "0":
+        settings |= {"ANSIBLE_STRATEGY_PLUGINS": str(CONTENT / "strategy_plugins"),
+                     "ANSIBLE_STRATEGY": "mitogen_linear"}
+    return settings
 
 
 def run_playbook(
@@ -181,10 +183,8 @@ def _run(name: str | Path, *, inventory: Path, limit: str, extravars: dict, opti
             limit=limit,
             extravars=extravars,
             cmdline=options,
-            envvars={"PATH": _search_path(),
-                     "ANSIBLE_CONFIG": str(CONTENT / "ansible.cfg"),
-                     "ANSIBLE_FORCE_COLOR": "0",
-                     **strategy_environment()},
+            envvars={"PATH": _search_path(), "ANSIBLE_FORCE_COLOR": "0",
+                     **playbook_environment()},
             event_handler=on_event,
             cancel_callback=cancelled,
             quiet=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuprov.transport.ansible import strategy_environment
+from gpuprov.transport.ansible import playbook_environment
 
 ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("nvidia-fabricmanager-535", "libnvidia-nscq-535")
@@ -39,7 +39,7 @@ def _installed(host) -> dict[str, str]:
 def _playbook(playbook: Path, *extra: str) -> subprocess.CompletedProcess:
     """A playbook against this scenario's host, as gpuprov runs them (its ansible.cfg, and
     mitogen's strategy)."""
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), **strategy_environment(),
+    env = {**os.environ, **playbook_environment(),
            "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_FORCE_COLOR": "0"}
     return subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(playbook), *extra],
