@@ -44,9 +44,10 @@ def test_containerd_has_the_nvidia_runtime_as_its_cri_default(host):
 
 
 def test_docker_runs_a_container_through_the_nvidia_runtime(host):
-    # No registry is reachable: the image is Debian's static busybox, imported.
+    # No registry is reachable: the image is Debian's static busybox (prepare unpacked it),
+    # imported.
     image = host.run("docker image inspect gpuprov-standin/busybox >/dev/null 2>&1 || "
-                     "tar -C /bin -c --transform 's|^|bin/|' busybox | "
+                     "tar -C /opt/gpuprov-standin-rootfs -c bin/busybox | "
                      "docker import - gpuprov-standin/busybox")
     assert image.rc == 0, image.stderr
     # The kernel has AppArmor and docker.io came without its Recommends (apparmor): the

@@ -100,6 +100,16 @@ def test_nouveau_stays_off_and_nvidia_smi_says_why_it_cannot_answer(host):
     assert "couldn't communicate with the NVIDIA driver" in smi.stdout
 
 
+def test_the_initramfs_was_rebuilt_with_the_drivers_files_and_updates_are_on_again(host):
+    # The role turns initramfs updates off while apt installs the driver (dpkg would rebuild it
+    # at each trigger run) and rebuilds it once after: the rebuild saw the packages' files.
+    conf = host.file("/etc/initramfs-tools/update-initramfs.conf").content_string
+    assert re.search(r"^update_initramfs=yes$", conf, re.MULTILINE), conf
+    kernel = host.run("uname -r").stdout.strip()
+    listing = host.run(f"lsinitramfs /boot/initrd.img-{kernel}").stdout.split()
+    assert "etc/modprobe.d/nvidia-blacklists-nouveau.conf" in listing
+
+
 def test_the_pins_hold_through_upgrade_and_full_upgrade(host, pins):
     # bookworm-security carries the driver at 535.309.01 while the open module stays at
     # 535.261.03: without the pins and holds, these would move part of the driver or remove it.
