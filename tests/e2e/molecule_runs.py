@@ -4,9 +4,10 @@ The whole guest stage (molecule/debian-guest-stage) keeps one lab host busy for 
 under emulation, most of it dpkg on one core. Run after the rest of the suite, it alone would
 take CI past its limit; started as soon as the suite has collected tests/e2e/test_molecule.py,
 it runs beside the other tests, which mostly keep one core busy. When it exits, its core is free
-and the two host-setup scenarios start there (about 9 min each). ``test_molecule.py`` runs last,
-so that every other test runs beside them; it starts what has not started yet, then waits for
-every run and judges it.
+and the two host-setup scenarios start there (about 9 min each), or at once where the guest
+stage's scenario was deselected. ``test_molecule.py``'s tests, one per scenario, run last, so
+that every other test runs beside them; each starts its run if it has not started yet, then waits
+for it and judges it.
 
 Each run is the real `molecule test`, in a lab directory of its own, so that no other test's
 clean-up (``run_gpuprov`` destroys every host of *its* lab) touches the scenarios' hosts.
@@ -143,14 +144,20 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_collection_finish(session):
-    if session.config.option.collectonly or not any(
-            item.nodeid.startswith(MOLECULE_TEST) for item in session.items):
+    collected = {item.callspec.params["scenario"] for item in session.items
+                 if item.nodeid.startswith(MOLECULE_TEST)}
+    if session.config.option.collectonly or not collected:
         return
     # Short: QEMU's control sockets live under it, and Unix socket paths are limited.
     runs = ScenarioRuns(Path(tempfile.mkdtemp(prefix="gpuprov-molecule-")))
     session.config.stash[RUNS] = runs
-    for scenario in STARTED_WITH_THE_SUITE:
-        runs.start(scenario, then_start=STARTED_WHEN_IT_ENDS)
+    first = [scenario for scenario in STARTED_WITH_THE_SUITE if scenario in collected]
+    then = tuple(scenario for scenario in STARTED_WHEN_IT_ENDS if scenario in collected)
+    for scenario in first:
+        runs.start(scenario, then_start=then)
+    if not first:  # their core is free now
+        for scenario in then:
+            runs.start(scenario)
 
 
 def pytest_terminal_summary(terminalreporter, config):
