@@ -1,13 +1,13 @@
-"""Molecule scenarios as background runs, started so that both cores stay busy.
+"""Molecule scenarios as background runs, and the longest one started with the suite.
 
 The whole guest stage (molecule/debian-guest-stage) keeps one lab host busy for about 26 minutes
 under emulation, most of it dpkg on one core. Run after the rest of the suite, it alone would
 take CI past its limit; started as soon as the suite has collected tests/e2e/test_molecule.py,
-it runs beside the other tests, which mostly keep one core busy. When it exits, its core is free
-and the two host-setup scenarios start there (about 9 min each), or at once where the guest
-stage's scenario was deselected. ``test_molecule.py``'s tests, one per scenario, run last, so
-that every other test runs beside them; each starts its run if it has not started yet, then waits
-for it and judges it.
+it runs beside the other tests. The other scenarios start together, when the first test of
+``test_molecule.py`` does: beside the lab-host tests they slow those more than they gain
+(measured 2026-12-07, started when the guest stage ended: the libvirt chain took 941 s instead
+of 372, and the suite 53 min instead of 47). ``test_molecule.py`` has one test per scenario;
+each waits for its run and judges it.
 
 Each run is the real `molecule test`, in a lab directory of its own, so that no other test's
 clean-up (``run_gpuprov`` destroys every host of *its* lab) touches the scenarios' hosts.
@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +33,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MOLECULE_TEST = "tests/e2e/test_molecule.py"
 STARTED_WITH_THE_SUITE = ("debian-guest-stage",)
-# Measured 2026-12-07: the guest stage ended at 26 min, and the second core then idled until
-# test_molecule.py started these two at 34.9 min, which made them the suite's last 9 minutes.
-STARTED_WHEN_IT_ENDS = ("intel-grub", "amd-systemd-boot")
 # Each run's limit from its own start. The guest stage took 26 min beside the rest of the suite
 # (2026-12-07, mitigations=off and one initramfs rebuild; 52 min before, 70 before mitogen):
 # the limit is CI's own 90 min, less set-up and lint.
@@ -51,7 +47,6 @@ class ScenarioRun:
     log: Path
     process: subprocess.Popen
     started: float
-    then: Callable[[], None]  # called once the process has exited, from a thread of its own
     ended: float | None = None  # when the process exited, not when a test asked
 
     def __post_init__(self) -> None:
@@ -61,10 +56,9 @@ class ScenarioRun:
     def _note_the_end(self) -> None:
         self.process.wait()
         self.ended = time.monotonic()
-        self.then()
 
     @classmethod
-    def start(cls, scenario: str, lab: Path, then: Callable[[], None]) -> ScenarioRun:
+    def start(cls, scenario: str, lab: Path) -> ScenarioRun:
         bin_dir = str(Path(sys.executable).parent)
         env = {**os.environ, "GPUPROV_LAB_DIR": str(lab), "PATH": f"{bin_dir}:{os.environ['PATH']}",
                "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0"}
@@ -73,7 +67,7 @@ class ScenarioRun:
             process = subprocess.Popen([f"{bin_dir}/molecule", "test", "-s", scenario], cwd=ROOT,
                                        env=env, stdin=subprocess.DEVNULL, stdout=out,
                                        stderr=subprocess.STDOUT, start_new_session=True)
-        return cls(scenario, log, process, time.monotonic(), then)
+        return cls(scenario, log, process, time.monotonic())
 
     def wait(self) -> int | None:
         """The run's exit status, or None if it outran RUN_SECONDS (it is then stopped)."""
@@ -96,81 +90,44 @@ class ScenarioRun:
 
 
 class ScenarioRuns:
-    """Every run of the session, in one lab, each scenario started at most once.
+    """The session's molecule lab and its runs, each scenario started at most once."""
 
-    Runs start from two threads (the test's, and the thread that sees a run end), so starting
-    is under a lock; once the session closes, nothing more starts."""
-
-    def __init__(self, lab: Path) -> None:
+    def __init__(self, lab: Path, scenarios: list[str]) -> None:
         self.lab = lab
-        self.collected = time.monotonic()  # the suite's tests start now
+        self.scenarios = scenarios  # those collected, in the tests' order
         self._runs: dict[str, ScenarioRun] = {}
-        self._lock = threading.Lock()
-        self._closed = False
 
-    def start(self, scenario: str, then_start: tuple[str, ...] = ()) -> None:
-        """Start SCENARIO unless it has started (or the session is over); when it exits,
-        start THEN_START."""
-        def start_the_next() -> None:
-            for next_scenario in then_start:
-                self.start(next_scenario)
-
-        with self._lock:
-            if not self._closed and scenario not in self._runs:
-                self._runs[scenario] = ScenarioRun.start(scenario, self.lab, start_the_next)
+    def start(self, scenarios: list[str] | tuple[str, ...]) -> None:
+        for scenario in scenarios:
+            if scenario in self.scenarios and scenario not in self._runs:
+                self._runs[scenario] = ScenarioRun.start(scenario, self.lab)
 
     def __getitem__(self, scenario: str) -> ScenarioRun:
-        with self._lock:
-            return self._runs[scenario]
+        return self._runs[scenario]
 
     def all(self) -> list[ScenarioRun]:
-        with self._lock:
-            return list(self._runs.values())
-
-    def close(self) -> list[ScenarioRun]:
-        """Start nothing more, stop what still runs; every run there was."""
-        with self._lock:
-            self._closed = True
-            runs = list(self._runs.values())
-        for run in runs:
-            run.stop()
-        return runs
-
-
-def pytest_collection_modifyitems(items):
-    """test_molecule.py last: it waits for the scenarios, and every other test can run beside
-    them instead of after them."""
-    items.sort(key=lambda item: item.nodeid.startswith(MOLECULE_TEST))  # stable: order kept
+        return list(self._runs.values())
 
 
 def pytest_collection_finish(session):
-    collected = {item.callspec.params["scenario"] for item in session.items
-                 if item.nodeid.startswith(MOLECULE_TEST)}
-    if session.config.option.collectonly or not collected:
+    scenarios = [item.callspec.params["scenario"] for item in session.items
+                 if item.nodeid.startswith(MOLECULE_TEST)]
+    if session.config.option.collectonly or not scenarios:
         return
     # Short: QEMU's control sockets live under it, and Unix socket paths are limited.
-    runs = ScenarioRuns(Path(tempfile.mkdtemp(prefix="gpuprov-molecule-")))
+    runs = ScenarioRuns(Path(tempfile.mkdtemp(prefix="gpuprov-molecule-")), scenarios)
     session.config.stash[RUNS] = runs
-    first = [scenario for scenario in STARTED_WITH_THE_SUITE if scenario in collected]
-    then = tuple(scenario for scenario in STARTED_WHEN_IT_ENDS if scenario in collected)
-    for scenario in first:
-        runs.start(scenario, then_start=then)
-    if not first:  # their core is free now
-        for scenario in then:
-            runs.start(scenario)
+    runs.start(STARTED_WITH_THE_SUITE)
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    """Each scenario's start and wall time, which the test's duration hides: the budget's
-    largest items."""
+    """Each scenario's own wall time, which the test's duration hides: the budget's largest
+    items."""
     runs = config.stash.get(RUNS, None)
-    if runs is None:
-        return
-    for run in runs.all():
+    for run in runs.all() if runs else []:
         if run.ended is not None:
             terminalreporter.write_line(
-                f"molecule {run.scenario}: started at {(run.started - runs.collected) / 60:.1f} "
-                f"min, ran {(run.ended - run.started) / 60:.1f} min, exit "
+                f"molecule {run.scenario}: {(run.ended - run.started) / 60:.1f} min, exit "
                 f"{run.process.returncode}")
 
 
@@ -181,13 +138,14 @@ def pytest_sessionfinish(session):
     runs = session.config.stash.get(RUNS, None)
     if runs is None:
         return
-    finished = runs.close()
+    for run in runs.all():
+        run.stop()
     for pid in qemu_pids_under(runs.lab, b"gpuprov.lab.supervisor") + qemu_pids_under(runs.lab):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     # A failed run's lab keeps its logs (molecule's, and the lab's consoles of boots that
     # failed or were recovered) for whoever looks next.
-    if all(run.process.returncode == 0 for run in finished):
+    if all(run.process.returncode == 0 for run in runs.all()):
         shutil.rmtree(runs.lab, ignore_errors=True)
 
 

@@ -25,11 +25,11 @@ SCENARIOS = ("intel-grub", "amd-systemd-boot", "debian-guest-stage")
 #   path with a STAND-IN module; `gpuprov guest inspect` and `guest setup --check` on the
 #   result (ready; nothing to do). It started with the suite (tests/e2e/molecule_runs.py).
 # Each scenario has its own lab host in the one molecule lab. A host under emulation keeps
-# about one core busy: the two host-setup scenarios start on the core the guest stage's host
-# leaves free, and these tests run last, so that the rest of the suite runs beside them.
+# about one core busy: the first of these tests starts the two host-setup scenarios side by
+# side, on the cores the other lab-host tests have left.
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_molecule_scenario(molecule_runs, scenario):
-    molecule_runs.start(scenario)  # unless it has started already
+    molecule_runs.start(SCENARIOS)  # those collected and not started yet
     run = molecule_runs[scenario]
     code = run.wait()
     output = run.output()
