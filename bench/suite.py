@@ -61,8 +61,9 @@ def main() -> int:
     args = parser.parse_args()
     env = {**os.environ, **({"GPUPROV_LAB_COLD": "1"} if args.cold else {})}
     if args.without_guest_stage:
-        env["PYTEST_ADDOPTS"] = " ".join(
-            f"--deselect={test}" for test in GUEST_STAGE_TESTS)
+        env["PYTEST_ADDOPTS"] = " ".join(  # after the caller's own options, if any
+            [env.get("PYTEST_ADDOPTS", ""), *(f"--deselect={test}" for test in GUEST_STAGE_TESTS)]
+        ).strip()
     scratch = Path(tempfile.mkdtemp(prefix="gpuprov-suite-")) if args.fresh else None
     checkout = ROOT
     runs = []
